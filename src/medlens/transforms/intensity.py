@@ -1,0 +1,205 @@
+"""Intensity preprocessing: CT windowing, normalisation, contrast enhancement, denoising."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy import ndimage
+
+from medlens.errors import ConfigError
+from medlens.io.image import MedicalImage
+from medlens.transforms.base import Transform, register
+
+#: Named CT windows as (centre, width) in HU - the usual radiology reading windows.
+WINDOW_PRESETS: dict[str, tuple[float, float]] = {
+    "lung": (-600.0, 1500.0),
+    "mediastinum": (50.0, 350.0),
+    "abdomen": (40.0, 400.0),
+    "liver": (60.0, 150.0),
+    "bone": (400.0, 1800.0),
+    "brain": (40.0, 80.0),
+    "stroke": (32.0, 8.0),
+    "soft_tissue": (50.0, 400.0),
+}
+
+
+def resolve_window(preset: str | None, center: float | None, width: float | None) -> tuple[float, float]:
+    """(centre, width) from a preset name or explicit numbers."""
+    if preset is not None:
+        if preset not in WINDOW_PRESETS:
+            names = ", ".join(sorted(WINDOW_PRESETS))
+            raise ConfigError(f"unknown window preset {preset!r} (available: {names})")
+        return WINDOW_PRESETS[preset]
+    if center is None or width is None:
+        raise ConfigError("a window needs a preset or both center and width")
+    if width <= 0:
+        raise ConfigError(f"window width must be positive, got {width}")
+    return float(center), float(width)
+
+
+def parse_window(text: str) -> tuple[float, float]:
+    """``"lung"`` or ``"-600,1500"`` -> (centre, width)."""
+    if text in WINDOW_PRESETS:
+        return WINDOW_PRESETS[text]
+    parts = text.split(",")
+    if len(parts) != 2:
+        raise ConfigError(f"window {text!r} must be a preset ({', '.join(WINDOW_PRESETS)}) or C,W")
+    try:
+        return resolve_window(None, float(parts[0]), float(parts[1]))
+    except ValueError as err:
+        raise ConfigError(f"window {text!r}: centre and width must be numbers") from err
+
+
+def _float(image: MedicalImage) -> NDArray[np.float32]:
+    return np.asarray(image.array, dtype=np.float32)
+
+
+@register("window")
+@dataclass(frozen=True)
+class Window(Transform):
+    """Clip to a window and scale it to [0, 1]; without arguments, use the image's DICOM window.
+
+    Example:
+        >>> Window(preset="lung")  # centre -600 HU, width 1500 HU
+        Window(preset='lung', center=None, width=None)
+    """
+
+    preset: str | None = None
+    center: float | None = None
+    width: float | None = None
+
+    def __call__(self, image: MedicalImage) -> MedicalImage:
+        if self.preset is None and self.center is None:
+            center, width = image.meta.window_center, image.meta.window_width
+            if center is None or not width:
+                raise ConfigError("image has no DICOM window; give a preset or centre and width", path=image.meta.source)
+        else:
+            center, width = resolve_window(self.preset, self.center, self.width)
+        low = center - width / 2.0
+        out = np.clip((_float(image) - low) / width, 0.0, 1.0)
+        return image.with_array(out, meta=image.meta.replace(window_center=0.5, window_width=1.0))
+
+
+@register("zscore")
+@dataclass(frozen=True)
+class ZScore(Transform):
+    """Subtract the mean and divide by the standard deviation, per channel.
+
+    ``nonzero=True`` computes the statistics inside the non-zero voxels only (brain MR) and
+    leaves the background at zero.
+    """
+
+    nonzero: bool = False
+
+    def __call__(self, image: MedicalImage) -> MedicalImage:
+        out = _float(image).copy()
+        for c in range(out.shape[0]):
+            channel = out[c]
+            mask = channel != 0 if self.nonzero else np.ones(channel.shape, dtype=bool)
+            if not mask.any():
+                continue
+            values = channel[mask]
+            std = float(values.std())
+            channel[mask] = (values - values.mean()) / (std if std > 0 else 1.0)
+        return image.with_array(out)
+
+
+@register("percentile_clip")
+@dataclass(frozen=True)
+class PercentileClip(Transform):
+    """Clip each channel to its [lower, upper] percentiles (robust to outliers)."""
+
+    lower: float = 0.5
+    upper: float = 99.5
+
+    def __call__(self, image: MedicalImage) -> MedicalImage:
+        if not 0 <= self.lower < self.upper <= 100:
+            raise ConfigError(f"percentiles must satisfy 0 <= lower < upper <= 100, got {self.lower}, {self.upper}")
+        out = _float(image).copy()
+        for c in range(out.shape[0]):
+            lo, hi = np.percentile(out[c], [self.lower, self.upper])
+            np.clip(out[c], lo, hi, out=out[c])
+        return image.with_array(out)
+
+
+@register("minmax")
+@dataclass(frozen=True)
+class MinMax(Transform):
+    """Scale each channel linearly to [low, high]; a constant channel becomes ``low``."""
+
+    low: float = 0.0
+    high: float = 1.0
+
+    def __call__(self, image: MedicalImage) -> MedicalImage:
+        out = _float(image).copy()
+        for c in range(out.shape[0]):
+            vmin, vmax = float(out[c].min()), float(out[c].max())
+            scale = (self.high - self.low) / (vmax - vmin) if vmax > vmin else 0.0
+            out[c] = (out[c] - vmin) * scale + self.low
+        return image.with_array(out)
+
+
+@register("clahe")
+@dataclass(frozen=True)
+class CLAHE(Transform):
+    """Contrast-limited adaptive histogram equalisation (scikit-image), output in [0, 1]."""
+
+    clip_limit: float = 0.01
+    kernel_size: int | None = None
+
+    def __call__(self, image: MedicalImage) -> MedicalImage:
+        from skimage.exposure import equalize_adapthist
+
+        scaled = MinMax()(image).array
+        out = np.stack(
+            [equalize_adapthist(ch, kernel_size=self.kernel_size, clip_limit=self.clip_limit) for ch in scaled]
+        ).astype(np.float32)
+        return image.with_array(out)
+
+
+@register("gaussian_denoise")
+@dataclass(frozen=True)
+class GaussianDenoise(Transform):
+    """Gaussian smoothing with ``sigma_mm`` in millimetres (converted per axis with the spacing)."""
+
+    sigma_mm: float = 1.0
+
+    def __call__(self, image: MedicalImage) -> MedicalImage:
+        sigma = [0.0] + [self.sigma_mm / s for s in image.spacing]
+        return image.with_array(ndimage.gaussian_filter(_float(image), sigma=sigma))
+
+
+@register("median_denoise")
+@dataclass(frozen=True)
+class MedianDenoise(Transform):
+    """Median filter with a cubic window of ``size`` voxels (removes salt-and-pepper noise)."""
+
+    size: int = 3
+
+    def __call__(self, image: MedicalImage) -> MedicalImage:
+        size = (1,) + (self.size,) * image.spatial_dims
+        return image.with_array(ndimage.median_filter(image.array, size=size))
+
+
+@register("nlm_denoise")
+@dataclass(frozen=True)
+class NonLocalMeans(Transform):
+    """Non-local means (scikit-image); ``h`` defaults to 0.8x the estimated noise sigma."""
+
+    h: float | None = None
+    patch_size: int = 5
+    patch_distance: int = 6
+
+    def __call__(self, image: MedicalImage) -> MedicalImage:
+        from skimage.restoration import denoise_nl_means, estimate_sigma
+
+        out = []
+        for channel in _float(image):
+            sigma = float(estimate_sigma(channel))
+            h = self.h if self.h is not None else 0.8 * sigma
+            kwargs: dict[str, Any] = {"patch_size": self.patch_size, "patch_distance": self.patch_distance}
+            out.append(denoise_nl_means(channel, h=h, sigma=sigma, fast_mode=True, **kwargs))
+        return image.with_array(np.stack(out).astype(np.float32))
