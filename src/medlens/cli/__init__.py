@@ -1,0 +1,1 @@
+"""The ``medlens`` command line: thin shells over the library."""

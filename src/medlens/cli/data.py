@@ -1,0 +1,87 @@
+"""``medlens data check`` and ``medlens data split``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from medlens.cli.common import console, progress_bar
+from medlens.data import kfold, load_manifest, patient_split
+from medlens.data.check import DataCheckReport, check_dataset
+
+data_app = typer.Typer(no_args_is_help=True, help="Check and split datasets.")
+
+
+def render_report(report: DataCheckReport, title: str) -> None:
+    """Summary table (split x label counts), shapes, warnings and problems."""
+    labels = sorted({label for counts in report.counts.values() for label in counts})
+    table = Table(title=f"{title}: {report.rows} rows")
+    table.add_column("split")
+    for label in labels:
+        table.add_column(f"label {label}", justify="right")
+    table.add_column("total", justify="right")
+    for split, counts in sorted(report.counts.items()):
+        table.add_row(split, *[str(counts.get(label, 0)) for label in labels], str(sum(counts.values())))
+    console.print(table)
+    if report.shapes:
+        console.print("shapes: " + ", ".join(f"{s} ({n})" for s, n in sorted(report.shapes.items())))
+    for warning in report.warnings:
+        console.print(f"[yellow]warning:[/] {warning}")
+    if report.ok:
+        console.print("[green]no problems found[/] (files readable, labels usable, no patient or pixel leakage)")
+        return
+    problems = Table(title="Problems", show_lines=False)
+    problems.add_column("kind", style="red")
+    problems.add_column("detail")
+    for kind, detail in report.problems():
+        problems.add_row(kind, detail)
+    console.print(problems)
+
+
+@data_app.command("check")
+def check(
+    path: Annotated[Path, typer.Argument(help="Manifest CSV, folder of class sub-folders, or MedMNIST .npz.")],
+    patient_regex: Annotated[str | None, typer.Option("--patient-regex", help="Regex for the patient id in file names.")] = None,
+    no_decode: Annotated[bool, typer.Option("--no-decode", help="Skip decoding (no unreadable/duplicate check).")] = False,
+) -> None:
+    """Validate a dataset; exit code 1 when a problem is found."""
+    manifest = load_manifest(path, patient_regex=patient_regex)
+    with progress_bar("decoding") as update:
+        report = check_dataset(manifest, decode=not no_decode, progress=update)
+    render_report(report, str(path))
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@data_app.command("split")
+def split(
+    path: Annotated[Path, typer.Argument(help="Manifest CSV, folder of class sub-folders, or MedMNIST .npz.")],
+    out: Annotated[Path, typer.Option("--out", help="Manifest CSV to write.")],
+    val: Annotated[float, typer.Option(help="Validation fraction of patients.")] = 0.15,
+    test: Annotated[float, typer.Option(help="Test fraction of patients.")] = 0.15,
+    folds: Annotated[int, typer.Option(help="Also assign k patient-level folds (0 = none).")] = 0,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    resplit: Annotated[bool, typer.Option("--resplit", help="Replace an existing split column.")] = False,
+    patient_regex: Annotated[str | None, typer.Option("--patient-regex")] = None,
+) -> None:
+    """Write a manifest with patient-level stratified train/val/test (and optional k-fold) splits."""
+    manifest = load_manifest(path, patient_regex=patient_regex)
+    has_split = all(row.get("split") for row in manifest)
+    if resplit or not has_split:
+        manifest = patient_split(manifest, val=val, test=test, seed=seed)
+    else:
+        console.print("keeping the existing split column (pass --resplit to replace it)")
+    if folds:
+        manifest = kfold(manifest, folds, seed=seed)
+    manifest.write(out)
+    report = check_dataset(manifest, decode=False)
+    console.print(f"wrote {out}")
+    for name in ("train", "val", "test"):
+        patients = {r["patient_id"] for r in manifest if r.get("split") == name}
+        rows = sum(1 for r in manifest if r.get("split") == name)
+        console.print(f"  {name}: {rows} rows, {len(patients)} patients")
+    if not report.leakage.ok:
+        raise typer.Exit(1)

@@ -1,0 +1,175 @@
+"""Build manifests from what users bring: class folders, DICOM trees with a labels CSV, MedMNIST."""
+
+from __future__ import annotations
+
+import csv
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medlens.data.manifest import SPLITS, Manifest
+from medlens.errors import DataError, ManifestError
+from medlens.io import MedicalImage, is_medmnist, read_image, read_medmnist, split_selector
+from medlens.io.dicom_series import scan_series
+from medlens.io.npz import medmnist_image
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".dcm", ".nii", ".gz", ".nrrd", ".mha", ".mhd"}
+_SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "test": "test", "testing": "test"}
+DICOM_KEYS = {"PatientID": "patient_id", "StudyInstanceUID": "study_id", "SeriesInstanceUID": "series_uid"}
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return [p for p in sorted(folder.rglob("*")) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")]
+
+
+def manifest_from_folder(root: str | Path, *, patient_regex: str | None = None) -> Manifest:
+    """One row per image in ``root/<class>/...``; ``root/<split>/<class>/...`` also sets the split.
+
+    Args:
+        root: the folder.
+        patient_regex: regular expression whose first group (or whole match) in the file name is
+            the patient id, e.g. ``r"(person\\d+)"``; by default the name up to the first ``_``.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError("not a folder", path=root)
+    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not subdirs:
+        raise DataError("folder has no class sub-folders", path=root, fix="arrange images as ROOT/<class>/<image>")
+    pattern = re.compile(patient_regex) if patient_regex else None
+    split_layout = all(p.name.lower() in _SPLIT_ALIASES for p in subdirs)
+    rows = []
+    for top in subdirs:
+        class_dirs = [(p, _SPLIT_ALIASES[top.name.lower()]) for p in sorted(top.iterdir()) if p.is_dir()] if split_layout else [(top, "")]
+        for class_dir, split in class_dirs:
+            for image in _images_in(class_dir):
+                row = {
+                    "path": str(image.relative_to(root)),
+                    "label": class_dir.name,
+                    "patient_id": _patient_id(image.name, pattern),
+                }
+                if split:
+                    row["split"] = split
+                rows.append(row)
+    if not rows:
+        raise DataError("no image files found in the class sub-folders", path=root)
+    return Manifest(rows, root)
+
+
+def _patient_id(name: str, pattern: re.Pattern[str] | None) -> str:
+    stem = name.split(".")[0]
+    if pattern is None:
+        return stem.split("_")[0]
+    match = pattern.search(name)
+    if match is None:
+        raise ManifestError(f"patient regex {pattern.pattern!r} does not match file name {name!r}")
+    return match.group(1) if match.groups() else match.group(0)
+
+
+def manifest_from_dicom_tree(root: str | Path, labels_csv: str | Path, *, key: str = "PatientID") -> Manifest:
+    """One row per series under ``root``, labelled by joining ``labels_csv`` on ``key``.
+
+    ``labels_csv`` has a column named ``key`` (``PatientID``, ``StudyInstanceUID`` or
+    ``SeriesInstanceUID``) and one ``label`` or several ``label_*`` columns.
+    """
+    root, labels_csv = Path(root), Path(labels_csv)
+    if key not in DICOM_KEYS:
+        raise ManifestError(f"key must be one of {sorted(DICOM_KEYS)}, got {key!r}")
+    with labels_csv.open(newline="", encoding="utf-8") as fh:
+        table = list(csv.DictReader(fh))
+    if not table or key not in table[0]:
+        raise ManifestError(f"labels CSV needs a {key!r} column", path=labels_csv)
+    label_cols = [c for c in table[0] if c == "label" or c.startswith("label_")]
+    if not label_cols:
+        raise ManifestError("labels CSV needs a 'label' column (or 'label_*' columns)", path=labels_csv)
+    labels = {row[key].strip(): {c: row[c].strip() for c in label_cols} for row in table}
+    rows, unlabelled = [], 0
+    for info in scan_series(root).values():
+        ids = {"PatientID": info.patient_id, "StudyInstanceUID": info.study_uid, "SeriesInstanceUID": info.uid}
+        found = labels.get(ids[key] or "")
+        if found is None:
+            unlabelled += 1
+            continue
+        folder = info.files[0].parent
+        rows.append({
+            "path": str(folder.relative_to(root)) if folder != root else ".",
+            **found,
+            "patient_id": info.patient_id or info.uid,
+            "study_id": info.study_uid or "",
+            "series_uid": info.uid,
+        })
+    if not rows:
+        raise ManifestError(f"no series matched a {key} in the labels CSV ({unlabelled} unlabelled)", path=root)
+    return Manifest(rows, root)
+
+
+def manifest_from_medmnist(path: str | Path) -> Manifest:
+    """One row per sample (``file.npz#split/i``) with the official split; labels ``label`` or ``label_k``.
+
+    MedMNIST has no patient ids; its official splits are patient-level by construction, so each
+    sample gets its own id and the official split is kept.
+    """
+    path = Path(path)
+    rows = []
+    for split, data in read_medmnist(path).items():
+        multi = data.labels.shape[1] > 1
+        for i, label in enumerate(data.labels):
+            row = {"path": f"{path.name}#{split}/{i}"}
+            if multi:
+                row.update({f"label_{k}": str(int(v)) for k, v in enumerate(label)})
+            else:
+                row["label"] = str(int(label[0]))
+            row.update({"patient_id": f"{split}-{i}", "split": split})
+            rows.append(row)
+    return Manifest(rows, path.parent)
+
+
+def load_manifest(source: str | Path, *, patient_regex: str | None = None) -> Manifest:
+    """A manifest from a CSV, a class folder or a MedMNIST ``.npz`` (decided by what it is)."""
+    path = Path(source)
+    if path.is_dir():
+        return manifest_from_folder(path, patient_regex=patient_regex)
+    if not path.exists():
+        raise DataError("file or folder not found", path=path)
+    if path.suffix.lower() == ".npz" or is_medmnist(path):
+        if not is_medmnist(path):
+            raise DataError("this .npz is not a MedMNIST dataset (no train_images/..._labels)", path=path)
+        return manifest_from_medmnist(path)
+    if path.suffix.lower() == ".csv":
+        return Manifest.read(path)
+    raise DataError("expected a manifest .csv, a folder of class sub-folders or a MedMNIST .npz", path=path)
+
+
+@lru_cache(maxsize=4)
+def _medmnist_split(path: str, split: str) -> Any:
+    arrays = read_medmnist(path)
+    if split not in arrays:
+        raise DataError(f"no split {split!r}", path=path)
+    return arrays[split].images
+
+
+def load_sample(manifest: Manifest, row: dict[str, str]) -> MedicalImage:
+    """Decode a row's input(s); several ``path*`` columns become channels of one image."""
+    images = []
+    for column in manifest.path_columns:
+        if not row.get(column):
+            continue
+        target = manifest.resolve(row, column)
+        base, selector = split_selector(target)
+        if selector is not None and base.suffix.lower() == ".npz":
+            split, _, index = selector.partition("/")
+            images.append(medmnist_image(_medmnist_split(str(base), split)[int(index)], str(target)))
+        else:
+            images.append(read_image(target, series_uid=row.get("series_uid") or None))
+    if len(images) == 1:
+        return images[0]
+    shapes = {img.spatial_shape for img in images}
+    if len(shapes) != 1:
+        raise DataError(f"inputs of one row have different shapes {sorted(shapes)}", path=row.get("path"))
+    return images[0].with_array(np.concatenate([img.array for img in images]))
+
+
+__all__ = ["SPLITS", "load_manifest", "load_sample", "manifest_from_dicom_tree", "manifest_from_folder", "manifest_from_medmnist"]

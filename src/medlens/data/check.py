@@ -1,0 +1,103 @@
+"""Dataset validation: unreadable files, label problems, leakage and duplicate images."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from medlens.data.builders import load_sample
+from medlens.data.manifest import SPLITS, Manifest
+from medlens.data.splits import LeakageReport, array_digest, check_leakage
+from medlens.errors import MedlensError
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class DataCheckReport:
+    """Everything ``medlens data check`` reports. ``ok`` is False when a problem was found."""
+
+    rows: int
+    counts: dict[str, dict[str, int]]  # split -> label -> count
+    shapes: dict[str, int]  # "CxHxW" -> count
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    label_problems: list[str] = field(default_factory=list)
+    leakage: LeakageReport = field(default_factory=LeakageReport)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.unreadable or self.missing or self.label_problems or not self.leakage.ok)
+
+    def problems(self) -> list[tuple[str, str]]:
+        """(kind, message) rows for a table."""
+        out = [("missing file", p) for p in self.missing[:20]]
+        out += [("unreadable", f"{p}: {m}") for p, m in self.unreadable[:20]]
+        out += [("labels", m) for m in self.label_problems]
+        out += [("leakage", m) for m in self.leakage.problems()]
+        return out
+
+
+def _label_key(manifest: Manifest, row: dict[str, str]) -> str:
+    return "|".join(row.get(c, "") for c in manifest.label_columns) or "(none)"
+
+
+def check_dataset(manifest: Manifest, *, decode: bool = True, progress: Progress | None = None) -> DataCheckReport:
+    """Validate a manifest; with ``decode`` every image is decoded (unreadable files, duplicates).
+
+    Example:
+        >>> report = check_dataset(load_manifest("data/"))  # doctest: +SKIP
+        >>> report.ok
+        True
+    """
+    counts: dict[str, Counter[str]] = defaultdict(Counter)
+    for row in manifest:
+        counts[row.get("split") or "unsplit"][_label_key(manifest, row)] += 1
+    report = DataCheckReport(rows=len(manifest), counts={s: dict(c) for s, c in counts.items()}, shapes={})
+    report.missing = manifest.missing_files()
+    _check_labels(manifest, report)
+    digests: dict[int, str] = {}
+    shapes: Counter[str] = Counter()
+    missing = set(report.missing)
+    if decode:
+        for i, row in enumerate(manifest.rows):
+            if row["path"] in missing:
+                continue
+            try:
+                image = load_sample(manifest, row)
+            except MedlensError as err:
+                report.unreadable.append((row["path"], str(err)))
+            else:
+                shapes["x".join(map(str, image.array.shape))] += 1
+                digests[id(row)] = array_digest(image.array)
+            if progress is not None:
+                progress(i + 1, len(manifest))
+    report.shapes = dict(shapes)
+    if len(shapes) > 1:
+        report.warnings.append(f"{len(shapes)} different image shapes: preprocessing must resize them")
+    has_hash = bool(digests)
+    report.leakage = check_leakage(manifest, (lambda row: digests.get(id(row), f"unread-{id(row)}")) if has_hash else None)
+    return report
+
+
+def _check_labels(manifest: Manifest, report: DataCheckReport) -> None:
+    if not manifest.label_columns:
+        report.label_problems.append("no 'label' column: nothing to train on")
+        return
+    empty = [r["path"] for r in manifest if any(not r.get(c) for c in manifest.label_columns)]
+    if empty:
+        report.label_problems.append(f"{len(empty)} row(s) without a label, e.g. {empty[0]}")
+    for column in manifest.label_columns:
+        classes = manifest.classes(column)
+        if len(classes) < 2:
+            report.label_problems.append(f"column {column!r} has a single class {classes}: nothing to learn")
+            continue
+        if len(manifest.label_columns) > 1:
+            continue
+        for split in SPLITS:
+            present = {r.get(column) for r in manifest if r.get("split") == split}
+            absent = [c for c in classes if c not in present]
+            if present and absent:
+                report.warnings.append(f"split {split!r} has no example of class(es) {absent}")
