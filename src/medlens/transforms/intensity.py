@@ -184,6 +184,13 @@ class MedianDenoise(Transform):
         return image.with_array(ndimage.median_filter(image.array, size=size))
 
 
+def noise_sigma(channel: NDArray[np.float32]) -> float:
+    """Robust Gaussian noise estimate: MAD of neighbour differences along the last axis."""
+    diffs = np.diff(channel, axis=-1).ravel()
+    mad = float(np.median(np.abs(diffs - np.median(diffs))))
+    return mad / 0.6745 / np.sqrt(2.0)
+
+
 @register("nlm_denoise")
 @dataclass(frozen=True)
 class NonLocalMeans(Transform):
@@ -194,11 +201,11 @@ class NonLocalMeans(Transform):
     patch_distance: int = 6
 
     def __call__(self, image: MedicalImage) -> MedicalImage:
-        from skimage.restoration import denoise_nl_means, estimate_sigma
+        from skimage.restoration import denoise_nl_means
 
         out = []
         for channel in _float(image):
-            sigma = float(estimate_sigma(channel))
+            sigma = noise_sigma(channel)
             h = self.h if self.h is not None else 0.8 * sigma
             kwargs: dict[str, Any] = {"patch_size": self.patch_size, "patch_distance": self.patch_distance}
             out.append(denoise_nl_means(channel, h=h, sigma=sigma, fast_mode=True, **kwargs))
