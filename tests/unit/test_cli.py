@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from medlens.data.fake_dicom import SeriesSpec, write_dicom_series
+from medlens.data.synthetic import write_chest_folder
+from medlens.io import read_image
+
+
+def test_convert_series_to_nifti_and_info(tmp_path: Path, ct_volume: np.ndarray, run_cli: Callable) -> None:
+    truth = write_dicom_series(ct_volume, tmp_path / "series", SeriesSpec(rotation_deg=(0, 20, 0), patient_id="SECRET-ID-42"))
+    out = tmp_path / "vol.nii.gz"
+    assert run_cli("convert", str(tmp_path / "series"), str(out)).code == 0
+    np.testing.assert_allclose(read_image(out).affine, truth.affine, atol=1e-4)
+    info = json.loads(run_cli("info", str(tmp_path / "series"), "--json").out)
+    assert info["modality"] == "CT" and "SECRET" not in json.dumps(info)
+    assert "SECRET-ID-42" in run_cli("info", str(tmp_path / "series"), "--json", "--show-ids").out
+
+
+def test_errors_are_one_line_without_traceback(tmp_path: Path, run_cli: Callable) -> None:
+    bad = tmp_path / "scan.png"
+    bad.write_text("not an image at all, sorry" * 20)
+    result = run_cli("info", str(bad))
+    assert result.code == 2
+    assert "scan.png" in result.err and "Traceback" not in result.err
+    assert len(result.err.strip().splitlines()) <= 2
+    assert run_cli("convert", str(bad), str(tmp_path / "x.nii.gz")).code == 2
+    assert not (tmp_path / "x.nii.gz").exists()
+
+
+def test_multi_series_folder_lists_series(tmp_path: Path, ct_volume: np.ndarray, run_cli: Callable) -> None:
+    write_dicom_series(ct_volume, tmp_path, SeriesSpec(series_number=1))
+    write_dicom_series(ct_volume, tmp_path, SeriesSpec(series_number=2))
+    listing = json.loads(run_cli("info", str(tmp_path), "--json").out)
+    assert len(listing["series"]) == 2
+    result = run_cli("convert", str(tmp_path), str(tmp_path / "o.nii.gz"))
+    assert result.code == 2 and "--series" in result.err
+    assert run_cli("convert", str(tmp_path), str(tmp_path / "o.nii.gz"), "--series", "2").code == 0
+
+
+def test_data_split_and_check(tmp_path: Path, run_cli: Callable) -> None:
+    folder = write_chest_folder(tmp_path / "chest", 30, size=16)
+    out = tmp_path / "manifest.csv"
+    result = run_cli("data", "split", str(folder), "--out", str(out), "--folds", "3")
+    assert result.code == 0, result.err
+    assert "fold" in out.read_text().splitlines()[0]
+    check = run_cli("data", "check", str(out))
+    assert check.code == 0 and "no problems found" in check.out
+    rows = out.read_text().splitlines()
+    rows[1] = rows[1].replace(rows[1].split(",")[0], "gone.png", 1)
+    out.write_text("\n".join(rows) + "\n")
+    failed = run_cli("data", "check", str(out))
+    assert failed.code == 1 and "missing file" in failed.out
+
+
+def test_demo_offline_uses_phantoms(tmp_path: Path, run_cli: Callable, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.chdir(tmp_path)  # no ../shared/data from here
+    monkeypatch.setenv("MEDLENS_CACHE", str(tmp_path / "cache"))
+    result = run_cli("demo", "--offline", "--out", str(tmp_path / "demo"))
+    assert result.code == 0, result.err
+    assert "built-in chest phantoms" in result.out and "no problems found" in result.out

@@ -1,0 +1,185 @@
+from __future__ import annotations
+
+import csv
+import multiprocessing
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from medlens.data import (
+    Manifest,
+    assert_no_leakage,
+    build_cache,
+    cache_key,
+    check_leakage,
+    kfold,
+    load_manifest,
+    manifest_from_dicom_tree,
+    patient_split,
+)
+from medlens.data.check import check_dataset
+from medlens.data.fake_dicom import SeriesSpec, write_dicom_series
+from medlens.data.synthetic import chest_dataset, chest_phantom, ct_phantom, write_chest_folder
+from medlens.errors import LeakageError, ManifestError
+from medlens.transforms import Pipeline, Resize, ZScore
+
+
+@pytest.fixture(scope="module")
+def chest_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_chest_folder(tmp_path_factory.mktemp("chest"), 60, size=32, seed=0)
+
+
+def test_phantoms_are_deterministic_and_labelled() -> None:
+    a, b = chest_phantom(3, 7, size=48), chest_phantom(3, 7, size=48)
+    np.testing.assert_array_equal(a.image, b.image)
+    pos = chest_phantom(0, 1, size=48, nodule=True)
+    assert pos.label == 1 and pos.mask.sum() > 0 and len(pos.boxes) >= 1
+    y0, x0, y1, x1 = pos.boxes[0].astype(int)
+    assert pos.mask[0, y0:y1, x0:x1].sum() > 0
+    ct = ct_phantom(0, 2, size=24, lesion=True)
+    assert ct.image.dtype == np.int16 and (ct.mask == 5).any() and ct.label == 1
+    data = chest_dataset(10, size=32)
+    assert data.patient_ids[0] == data.patient_ids[1]  # follow-up images share a patient
+
+
+def test_folder_builder_and_patient_split(chest_folder: Path) -> None:
+    manifest = load_manifest(chest_folder)
+    assert manifest.classes() == ["nodule", "normal"]
+    split = patient_split(manifest, val=0.2, test=0.2, seed=0)
+    report = check_leakage(split)
+    assert report.ok
+    owners: dict[str, set[str]] = {}
+    for row in split:
+        owners.setdefault(row["patient_id"], set()).add(row["split"])
+    assert all(len(s) == 1 for s in owners.values())
+    for name in ("train", "val", "test"):
+        assert {r["label"] for r in split if r["split"] == name} == {"nodule", "normal"}
+
+
+def test_split_layout_folder(tmp_path: Path) -> None:
+    for split in ("train", "test"):
+        write_chest_folder(tmp_path / split, 6, size=16, seed=1 if split == "test" else 0)
+    manifest = load_manifest(tmp_path)
+    assert {r["split"] for r in manifest} == {"train", "test"}
+
+
+def test_kfold_groups_patients(chest_folder: Path) -> None:
+    manifest = kfold(patient_split(load_manifest(chest_folder), seed=1), 3, seed=0)
+    folds: dict[str, set[str]] = {}
+    for row in manifest:
+        if row["split"] != "test":
+            folds.setdefault(row["patient_id"], set()).add(row["fold"])
+    assert all(len(f) == 1 for f in folds.values())
+    assert {f for s in folds.values() for f in s} == {"0", "1", "2"}
+
+
+def test_leakage_is_refused_and_duplicates_found(chest_folder: Path) -> None:
+    manifest = patient_split(load_manifest(chest_folder), seed=0)
+    rows = [dict(r) for r in manifest]
+    test_patient = next(r["patient_id"] for r in rows if r["split"] == "test")
+    rows[next(i for i, r in enumerate(rows) if r["split"] == "train")]["patient_id"] = test_patient
+    leaky = Manifest(rows, manifest.root)
+    with pytest.raises(LeakageError, match="train/test"):
+        assert_no_leakage(leaky)
+    dup_rows = [dict(r) for r in manifest]
+    train_row = next(r for r in dup_rows if r["split"] == "train")
+    test_row = next(r for r in dup_rows if r["split"] == "test")
+    test_row["path"] = train_row["path"]
+    report = check_dataset(Manifest(dup_rows, manifest.root))
+    assert not report.ok and report.leakage.duplicates
+
+
+def test_manifest_validation_and_round_trip(tmp_path: Path, chest_folder: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("path,label\na.png,1\n")
+    with pytest.raises(ManifestError, match=r"bad\.csv.*patient_id"):
+        Manifest.read(bad)
+    manifest = patient_split(load_manifest(chest_folder))
+    out = manifest.write(tmp_path / "sub" / "m.csv")
+    again = Manifest.read(out)
+    assert [again.resolve(r).resolve() for r in again] == [manifest.resolve(r).resolve() for r in manifest]
+    assert not again.missing_files()
+    rows = [dict(r) for r in again]
+    rows[0]["path"] = "missing.png"
+    report = check_dataset(Manifest(rows, again.root))
+    assert report.missing == ["missing.png"] and not report.ok
+
+
+def test_single_class_is_a_label_problem(tmp_path: Path) -> None:
+    write_chest_folder(tmp_path, 4, size=16)
+    rows = [{**r, "label": "normal"} for r in load_manifest(tmp_path)]
+    report = check_dataset(Manifest(rows, tmp_path), decode=False)
+    assert any("single class" in p for p in report.label_problems)
+
+
+def test_dicom_tree_builder(tmp_path: Path) -> None:
+    vol = ct_phantom(0, 0, size=12).image[0]
+    for i in range(3):
+        write_dicom_series(vol, tmp_path / f"pt{i}" / "ct", SeriesSpec(patient_id=f"PAT{i}"))
+    labels = tmp_path / "labels.csv"
+    with labels.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["PatientID", "label"])
+        writer.writerows([["PAT0", "1"], ["PAT1", "0"], ["PAT2", "1"]])
+    manifest = manifest_from_dicom_tree(tmp_path, labels, key="PatientID")
+    assert sorted((r["patient_id"], r["label"]) for r in manifest) == [("PAT0", "1"), ("PAT1", "0"), ("PAT2", "1")]
+    assert all(r["series_uid"] and r["study_id"] for r in manifest)
+    assert check_dataset(manifest).shapes == {"1x12x12x12": 3}
+
+
+def test_medmnist_builder(tmp_path: Path) -> None:
+    path = tmp_path / "toy.npz"
+    imgs = np.random.default_rng(0).integers(0, 255, (4, 28, 28)).astype(np.uint8)
+    np.savez(path, train_images=imgs, train_labels=np.array([[0], [1], [0], [1]]), test_images=imgs[:2], test_labels=np.array([[0], [1]]))
+    manifest = load_manifest(path)
+    assert len(manifest) == 6 and {r["split"] for r in manifest} == {"train", "test"}
+    report = check_dataset(manifest)
+    assert len(report.leakage.duplicates) == 2  # test images are copies of train images
+
+
+def test_cache_builds_once_and_reuses(tmp_path: Path, chest_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    manifest = patient_split(load_manifest(chest_folder))
+    pipe = Pipeline((ZScore(), Resize((16, 16))))
+    cached = build_cache(manifest, pipe, tmp_path)
+    assert cached.images.shape == (60, 1, 16, 16) and isinstance(cached.images, np.memmap)
+    import medlens.data.cache as cache_module
+
+    def fail(*_: object) -> None:
+        raise AssertionError("decoded again")
+
+    monkeypatch.setattr(cache_module, "load_sample", fail)
+    again = build_cache(manifest, pipe, tmp_path)
+    np.testing.assert_array_equal(again.images, cached.images)
+    assert cache_key(manifest, Pipeline((ZScore(), Resize((8, 8))))) != cache_key(manifest, pipe)
+    batches = list(cached.batches(cached.indices("train"), 8, generator=torch.Generator().manual_seed(0)))
+    assert sum(len(i) for i, _ in batches) == len(cached.indices("train"))
+    assert batches[0][1].shape[1:] == (1, 16, 16)
+
+
+def _build(args: tuple[str, str]) -> str:
+    folder, cache = args
+    manifest = load_manifest(folder)
+    return str(build_cache(manifest, Pipeline((Resize((20, 20)),)), cache).folder)
+
+
+def test_cache_is_safe_with_two_concurrent_builders(tmp_path: Path, chest_folder: Path) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(2) as pool:
+        folders = pool.map(_build, [(str(chest_folder), str(tmp_path))] * 2)
+    assert folders[0] == folders[1]
+    entries = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert len(entries) == 1 and (entries[0] / "info.json").exists()
+
+
+def test_shape_mismatch_in_cache_names_the_fix(tmp_path: Path) -> None:
+    write_chest_folder(tmp_path / "a" / "x", 2, size=16)
+    write_chest_folder(tmp_path / "b" / "x", 2, size=24)
+    rows = [{**r, "path": f"a/x/{r['path']}"} for r in load_manifest(tmp_path / "a" / "x")]
+    rows += [{**r, "path": f"b/x/{r['path']}"} for r in load_manifest(tmp_path / "b" / "x")]
+    from medlens.errors import DataError
+
+    with pytest.raises(DataError, match="Resize or CropOrPad"):
+        build_cache(Manifest(rows, tmp_path), Pipeline(()), tmp_path / "cache")
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]
