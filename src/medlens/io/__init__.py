@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -92,7 +93,7 @@ def detect_format(path: Path) -> str:
         try:
             with gzip.open(path, "rb") as gz:
                 inner = gz.read(560)
-        except (OSError, EOFError) as err:
+        except (OSError, EOFError, zlib.error) as err:
             raise DataError(f"corrupt gzip stream ({err})", path=path) from err
         if _is_nifti_header(inner):
             return "nifti"

@@ -8,8 +8,9 @@ series (:mod:`medlens.io.dicom_series`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from numpy.typing import NDArray
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from medlens.errors import DataError, UnsupportedFormatError
+from medlens.errors import DataError, MedlensError, UnsupportedFormatError
 from medlens.io.image import ImageMeta, MedicalImage
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,24 @@ _INSTALL_CODECS = (
 def has_dicom_preamble(head: bytes) -> bool:
     """True when ``head`` (the first 132+ bytes of a file) carries the DICM magic."""
     return len(head) >= 132 and head[128:132] == b"DICM"
+
+
+@contextlib.contextmanager
+def corrupt_file_guard(path: Path) -> Iterator[None]:
+    """pydicom parses elements lazily, so a corrupt element can fail long after ``dcmread``:
+    turn any such failure while interpreting ``path`` into a one-line :class:`DataError`."""
+    try:
+        yield
+    except MedlensError:
+        raise
+    except MemoryError as err:
+        raise DataError("DICOM header claims an implausibly large element", path=path) from err
+    except Exception as err:
+        raise DataError(
+            f"corrupt DICOM file ({type(err).__name__}: {err})",
+            path=path,
+            fix="re-export the file from the PACS or exclude it",
+        ) from err
 
 
 def load_dataset(
@@ -317,6 +336,11 @@ def read_dicom_file(path: str | Path) -> MedicalImage:
     """
     path = Path(path)
     ds = load_dataset(path)
+    with corrupt_file_guard(path):
+        return _interpret(ds, path)
+
+
+def _interpret(ds: Dataset, path: Path) -> MedicalImage:
     file_meta = getattr(ds, "file_meta", None)
     if file_meta is not None and str(file_meta.get("MediaStorageSOPClassUID", "")) == _DICOMDIR_SOP_CLASS:
         raise UnsupportedFormatError("this is a DICOMDIR index, not an image", path=path, fix="pass the folder instead")

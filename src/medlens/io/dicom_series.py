@@ -21,6 +21,7 @@ from scipy import ndimage
 from medlens.errors import DataError, DicomSeriesError
 from medlens.io.dicom import (
     PlaneGeometry,
+    corrupt_file_guard,
     has_dicom_preamble,
     load_dataset,
     pixel_values,
@@ -89,23 +90,30 @@ def _scan(folder: Path, *, with_pixels: bool) -> tuple[dict[str, SeriesInfo], di
     datasets: dict[Path, Dataset] = {}
     for path in dicom_files(folder):
         ds = load_dataset(path, stop_before_pixels=not with_pixels, require_pixels=False)
-        if "Rows" not in ds or (with_pixels and "PixelData" not in ds and "FloatPixelData" not in ds):
-            continue  # reports, presentation states, DICOMDIR: not images
-        uid = str(ds.get("SeriesInstanceUID", "") or "") or "unknown-series"
-        info = series.get(uid)
-        if info is None:
-            info = series[uid] = SeriesInfo(
-                uid=uid,
-                number=str(ds.get("SeriesNumber", "") or "") or None,
-                description=str(ds.get("SeriesDescription", "") or "") or None,
-                modality=str(ds.get("Modality", "") or "") or None,
-                patient_id=str(ds.get("PatientID", "") or "") or None,
-                study_uid=str(ds.get("StudyInstanceUID", "") or "") or None,
-            )
-        info.files.append(path)
-        if with_pixels:
-            datasets[path] = ds
+        with corrupt_file_guard(path):
+            _add_to_series(series, datasets, path, ds, with_pixels)
     return series, datasets
+
+
+def _add_to_series(
+    series: dict[str, SeriesInfo], datasets: dict[Path, Dataset], path: Path, ds: Dataset, with_pixels: bool
+) -> None:
+    if "Rows" not in ds or (with_pixels and "PixelData" not in ds and "FloatPixelData" not in ds):
+        return  # reports, presentation states, DICOMDIR: not images
+    uid = str(ds.get("SeriesInstanceUID", "") or "") or "unknown-series"
+    info = series.get(uid)
+    if info is None:
+        info = series[uid] = SeriesInfo(
+            uid=uid,
+            number=str(ds.get("SeriesNumber", "") or "") or None,
+            description=str(ds.get("SeriesDescription", "") or "") or None,
+            modality=str(ds.get("Modality", "") or "") or None,
+            patient_id=str(ds.get("PatientID", "") or "") or None,
+            study_uid=str(ds.get("StudyInstanceUID", "") or "") or None,
+        )
+    info.files.append(path)
+    if with_pixels:
+        datasets[path] = ds
 
 
 def select_series(folder: Path, series: dict[str, SeriesInfo], wanted: str | None) -> SeriesInfo:
@@ -164,19 +172,20 @@ def read_dicom_series(
     first_ds: Dataset | None = None
     for i, path in enumerate(info.files):
         ds = datasets[path]
-        values, slice_meta = pixel_values(ds, path)
-        per_frame = "PerFrameFunctionalGroupsSequence" in ds
-        for f in range(values.shape[0]):
-            geom = plane_geometry(ds, frame=f if per_frame else None)
-            if geom is None:
-                raise DicomSeriesError(
-                    "slice has no ImagePositionPatient/ImageOrientationPatient, so the series "
-                    "cannot be assembled into a volume",
-                    path=path,
-                    fix="read the files one by one with read_image(file)",
-                )
-            planes.append(geom)
-            frames.append(values[f])
+        with corrupt_file_guard(path):
+            values, slice_meta = pixel_values(ds, path)
+            per_frame = "PerFrameFunctionalGroupsSequence" in ds
+            for f in range(values.shape[0]):
+                geom = plane_geometry(ds, frame=f if per_frame else None)
+                if geom is None:
+                    raise DicomSeriesError(
+                        "slice has no ImagePositionPatient/ImageOrientationPatient, so the series "
+                        "cannot be assembled into a volume",
+                        path=path,
+                        fix="read the files one by one with read_image(file)",
+                    )
+                planes.append(geom)
+                frames.append(values[f])
         if meta is None:
             meta, first_ds = slice_meta, ds
         if progress is not None:
