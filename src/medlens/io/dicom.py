@@ -223,31 +223,43 @@ def apply_rescale(values: NDArray[Any], rescales: Sequence[Rescale]) -> NDArray[
     return (values * slopes.reshape(shape) + intercepts.reshape(shape)).astype(np.float32)
 
 
-def pixel_values(ds: Dataset, path: Path) -> tuple[NDArray[Any], ImageMeta]:
-    """Decoded, rescaled, MONOCHROME1-inverted frames ``(frames, rows, cols[, 3])`` and metadata."""
+def _photometric(ds: Dataset) -> str:
+    return str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+
+
+def decoded_values(ds: Dataset, path: Path) -> NDArray[Any]:
+    """Decoded, rescaled, MONOCHROME1-inverted frames ``(frames, rows, cols[, 3])``."""
     arr = _decode(ds, path)
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
-    meta = meta_from_dataset(ds, path)
+    photometric = _photometric(ds)
     if photometric == "PALETTE COLOR":
         from pydicom.pixels import apply_color_lut
 
-        arr = np.asarray(apply_color_lut(arr, ds))
-        meta = meta.replace(photometric="RGB")
+        return np.asarray(apply_color_lut(arr, ds))
+    if photometric == "MONOCHROME1":
+        arr = _invert_monochrome1(ds, arr)[0]
+    if arr.ndim == 3 or arr.shape[-1] not in (3, 4):
+        arr = apply_rescale(arr, frame_rescales(ds))
+    return arr
+
+
+def pixel_values(ds: Dataset, path: Path) -> tuple[NDArray[Any], ImageMeta]:
+    """:func:`decoded_values` and the instance's metadata (window moved with any inversion)."""
+    arr = decoded_values(ds, path)
+    meta = meta_from_dataset(ds, path)
+    photometric = _photometric(ds)
+    if photometric == "PALETTE COLOR" or photometric.startswith("YBR") or photometric == "RGB":
+        meta = meta.replace(photometric="RGB")  # pydicom converts YBR to RGB when decoding
     elif photometric == "MONOCHROME1":
-        arr, total = _invert_monochrome1(ds, arr)
-        rescales = frame_rescales(ds)
+        total = _invert_monochrome1(ds, np.zeros(1, dtype=np.int16))[1]
+        rescale = frame_rescales(ds)[0]
         # The displayed image is unchanged: move the window with the values (v' = K - v).
-        k = rescales[0].slope * total + 2 * rescales[0].intercept
+        k = rescale.slope * total + 2 * rescale.intercept
         center = meta.window_center
         meta = meta.replace(
             photometric="MONOCHROME2",
             window_center=None if center is None else k - center,
             extra={**meta.extra, "original_photometric": "MONOCHROME1"},
         )
-    elif photometric.startswith("YBR") or photometric == "RGB":
-        meta = meta.replace(photometric="RGB")  # pydicom converts YBR to RGB when decoding
-    if arr.ndim == 3 or arr.shape[-1] not in (3, 4):
-        arr = apply_rescale(arr, frame_rescales(ds))
     return arr, meta
 
 

@@ -22,6 +22,7 @@ from medlens.errors import DataError, DicomSeriesError
 from medlens.io.dicom import (
     PlaneGeometry,
     corrupt_file_guard,
+    decoded_values,
     has_dicom_preamble,
     load_dataset,
     pixel_values,
@@ -169,11 +170,13 @@ def read_dicom_series(
     planes: list[PlaneGeometry] = []
     frames: list[NDArray[Any]] = []
     meta: ImageMeta | None = None
-    first_ds: Dataset | None = None
     for i, path in enumerate(info.files):
         ds = datasets[path]
         with corrupt_file_guard(path):
-            values, slice_meta = pixel_values(ds, path)
+            if meta is None:
+                values, meta = pixel_values(ds, path)
+            else:
+                values = decoded_values(ds, path)
             per_frame = "PerFrameFunctionalGroupsSequence" in ds
             for f in range(values.shape[0]):
                 geom = plane_geometry(ds, frame=f if per_frame else None)
@@ -186,11 +189,10 @@ def read_dicom_series(
                     )
                 planes.append(geom)
                 frames.append(values[f])
-        if meta is None:
-            meta, first_ds = slice_meta, ds
         if progress is not None:
             progress(i + 1, len(info.files))
-    assert meta is not None and first_ds is not None  # select_series guarantees files
+    if meta is None:  # unreachable: select_series never returns an empty series
+        raise DataError("series has no readable slices", path=folder)
     meta = meta.replace(source=str(folder))
     if len(frames) == 1:
         geom = planes[0]
