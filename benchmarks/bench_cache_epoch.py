@@ -39,10 +39,17 @@ def main() -> None:
         def decode_epoch() -> None:
             order = np.random.default_rng(0).permutation(len(manifest))
             for start in range(0, len(order), BATCH):
-                batch = [PIPELINE(load_sample(manifest, manifest.rows[i])).array for i in order[start : start + BATCH]]
+                batch = [
+                    PIPELINE(load_sample(manifest, manifest.rows[i])).array
+                    for i in order[start : start + BATCH]
+                ]
                 torch.from_numpy(np.stack(batch))
 
-        build_times = timed(lambda: build_cache(manifest, PIPELINE, Path(tmp) / f"cache{np.random.randint(1e9)}"), 1, warmup=0)
+        build_times = timed(
+            lambda: build_cache(manifest, PIPELINE, Path(tmp) / f"cache{np.random.randint(1e9)}"),
+            1,
+            warmup=0,
+        )
         cached = build_cache(manifest, PIPELINE, Path(tmp) / "cache")
         indices = np.arange(len(manifest))
 
@@ -52,14 +59,17 @@ def main() -> None:
 
         decode = summary(timed(decode_epoch, 3))
         cache = summary(timed(cached_epoch, 5))
-    write_result("cache_epoch", {
-        "data": f"{N_IMAGES} PneumoniaMNIST train images as PNG, ZScore + Resize(64x64), batch {BATCH}",
-        "decode_every_epoch": decode,
-        "cached_epoch": cache,
-        "cache_build_once": summary(build_times),
-        "speedup_cached_over_decode": decode["median_s"] / cache["median_s"],
-        "goal": ">= 10x",
-    })
+    write_result(
+        "cache_epoch",
+        {
+            "data": f"{N_IMAGES} PneumoniaMNIST train images as PNG, ZScore + Resize(64x64), batch {BATCH}",
+            "decode_every_epoch": decode,
+            "cached_epoch": cache,
+            "cache_build_once": summary(build_times),
+            "speedup_cached_over_decode": decode["median_s"] / cache["median_s"],
+            "goal": ">= 10x",
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -30,13 +30,16 @@ def main(repeats: int = 7) -> None:
         medlens_times += timed(load_medlens, 1, warmup=0)
         sitk_times += timed(load_sitk, 1, warmup=0)
     m, s = summary(medlens_times), summary(sitk_times)
-    write_result("series_loading", {
-        "data": "dicom_mr_brain_sag_series (192 slices 256x256, uncompressed)",
-        "medlens": m,
-        "simpleitk_ImageSeriesReader": s,
-        "time_ratio_medlens_over_sitk": m["median_s"] / s["median_s"],
-        "goal": "<= 1.0",
-    })
+    write_result(
+        "series_loading",
+        {
+            "data": "dicom_mr_brain_sag_series (192 slices 256x256, uncompressed)",
+            "medlens": m,
+            "simpleitk_ImageSeriesReader": s,
+            "time_ratio_medlens_over_sitk": m["median_s"] / s["median_s"],
+            "goal": "<= 1.0",
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import bench_augment, bench_cache_epoch, bench_series_loading  # noqa: E402
+from benchmarks import bench_augment, bench_cache_epoch, bench_series_loading
 
 if __name__ == "__main__":
     for module in (bench_series_loading, bench_cache_epoch, bench_augment):

@@ -17,7 +17,10 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--shared-data", default=os.environ.get("MEDLENS_SHARED_DATA", str(ROOT.parent / "shared" / "data")))
+    parser.addoption(
+        "--shared-data",
+        default=os.environ.get("MEDLENS_SHARED_DATA", str(ROOT.parent / "shared" / "data")),
+    )
 
 
 def _require(condition: bool, reason: str) -> None:
@@ -58,7 +61,9 @@ class CliResult:
 
 
 @pytest.fixture
-def run_cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Callable[..., CliResult]:
+def run_cli(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> Callable[..., CliResult]:
     """Run ``medlens ARGS`` in-process through the real entry point (error handling included)."""
     from medlens.cli.main import main
 

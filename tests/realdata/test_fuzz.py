@@ -26,10 +26,17 @@ PER_FILE_SECONDS = 10
 def seeds(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     """Small real files: DICOM as shipped, a BraTS crop as NIfTI, a DRIVE crop as PNG."""
     folder = tmp_path_factory.mktemp("seeds")
-    brats = read_image(shared_data / "brats2015_deepmedic_examples_nifti/test/brats_2013_pat0002_1/Flair_subtrMeanDivStd.nii.gz")
-    nifti = write_image(brats.with_array(brats.array[:, 100:124, 100:124, 60:76].copy()), folder / "brats.nii.gz")
+    brats = read_image(
+        shared_data
+        / "brats2015_deepmedic_examples_nifti/test/brats_2013_pat0002_1/Flair_subtrMeanDivStd.nii.gz"
+    )
+    nifti = write_image(
+        brats.with_array(brats.array[:, 100:124, 100:124, 60:76].copy()), folder / "brats.nii.gz"
+    )
     drive = read_image(shared_data / "drive_retina_vessels/test/images/02_test.tif")
-    png = write_image(drive.with_array(drive.array[:, 250:298, 250:298].copy()), folder / "drive.png")
+    png = write_image(
+        drive.with_array(drive.array[:, 250:298, 250:298].copy()), folder / "drive.png"
+    )
     dicom = shared_data / "dicom_pydicom_samples/pydicom_test_files/MR_small.dcm"
     return {"dcm": dicom.read_bytes(), "nii.gz": nifti.read_bytes(), "png": png.read_bytes()}
 
@@ -60,7 +67,9 @@ def _timeout(*_: object) -> None:
 
 
 @pytest.mark.parametrize("suffix", ["dcm", "nii.gz", "png"])
-def test_mutated_files_load_or_raise_medlens_error(seeds: dict[str, bytes], tmp_path: Path, suffix: str) -> None:
+def test_mutated_files_load_or_raise_medlens_error(
+    seeds: dict[str, bytes], tmp_path: Path, suffix: str
+) -> None:
     rng = np.random.default_rng(1234)
     generator = _mutations(seeds[suffix], rng)
     path = tmp_path / f"fuzz.{suffix}"

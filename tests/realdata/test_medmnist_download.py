@@ -7,6 +7,7 @@ import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.realdata
 class _RangeHandler(http.server.SimpleHTTPRequestHandler):
     """Static files with single-range support (what the official host does for resumes)."""
 
-    ranges: list[str] = []
+    ranges: ClassVar[list[str]] = []
 
     def log_message(self, *args: object) -> None:
         pass
@@ -67,7 +68,9 @@ def test_download_verifies_and_caches(server: str, tmp_path: Path, shared_data: 
     path = fetch_medmnist("pneumoniamnist", cache_dir=cache, mirror=server)
     assert md5sum(path) == md5sum(shared_data / "pneumoniamnist/pneumoniamnist.npz")
     mtime = path.stat().st_mtime_ns
-    assert fetch_medmnist("pneumoniamnist", cache_dir=cache, mirror="http://127.0.0.1:9") == path  # cached
+    assert (
+        fetch_medmnist("pneumoniamnist", cache_dir=cache, mirror="http://127.0.0.1:9") == path
+    )  # cached
     assert path.stat().st_mtime_ns == mtime
 
 
@@ -98,5 +101,8 @@ def test_unreachable_server_and_unknown_name(tmp_path: Path) -> None:
 
 
 def test_find_local_copy(shared_data: Path) -> None:
-    assert find_local("pneumoniamnist", 28, [shared_data]) == shared_data / "pneumoniamnist/pneumoniamnist.npz"
+    assert (
+        find_local("pneumoniamnist", 28, [shared_data])
+        == shared_data / "pneumoniamnist/pneumoniamnist.npz"
+    )
     assert find_local("adrenalmnist3d", 64, [shared_data]) is not None

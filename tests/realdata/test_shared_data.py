@@ -50,7 +50,10 @@ def test_clinical_value_conventions(shared_data: Path) -> None:
     ct = read_image(root / "pydicom_test_files/CT_small.dcm")
     assert ct.meta.modality == "CT" and ct.array.min() < -500  # rescaled to HU (air is negative)
     cr = read_image(root / "pydicom_data_store/RG3_J2KR.dcm")
-    assert cr.meta.extra["original_photometric"] == "MONOCHROME1" and cr.meta.photometric == "MONOCHROME2"
+    assert (
+        cr.meta.extra["original_photometric"] == "MONOCHROME1"
+        and cr.meta.photometric == "MONOCHROME2"
+    )
     us = read_image(root / "pydicom_test_files/examples_ybr_color.dcm")
     assert us.channels == 3 and us.spatial_shape == (30, 240, 320)
     enhanced = read_image(root / "pydicom_data_store/eCT_Supplemental.dcm")
@@ -59,7 +62,11 @@ def test_clinical_value_conventions(shared_data: Path) -> None:
 
 def test_mr_series_matches_dcm2niix(shared_data: Path, dcm2niix: str, tmp_path: Path) -> None:
     series = shared_data / "dicom_mr_brain_sag_series"
-    subprocess.run([dcm2niix, "-z", "n", "-f", "ref", "-o", str(tmp_path), str(series)], check=True, capture_output=True)
+    subprocess.run(
+        [dcm2niix, "-z", "n", "-f", "ref", "-o", str(tmp_path), str(series)],
+        check=True,
+        capture_output=True,
+    )
     ref = nib.as_closest_canonical(nib.load(tmp_path / "ref.nii"))
     img = read_image(series)
     assert img.spatial_shape == (192, 256, 256) and img.meta.modality == "MR"
@@ -84,7 +91,9 @@ def test_drive_tiff_and_gif(shared_data: Path) -> None:
     image = read_image(root / "images/21_training.tif")
     vessels = read_image(root / "1st_manual/21_manual1.gif")
     fov = read_image(root / "mask/21_training_mask.gif")
-    assert image.channels == 3 and image.spatial_shape == (584, 565) and image.array.dtype == np.uint8
+    assert (
+        image.channels == 3 and image.spatial_shape == (584, 565) and image.array.dtype == np.uint8
+    )
     assert vessels.channels == 1 and vessels.spatial_shape == (584, 565)
     assert set(np.unique(vessels.array)) <= {0, 255} and set(np.unique(fov.array)) <= {0, 255}
 
@@ -94,12 +103,25 @@ def test_bccd_jpeg(shared_data: Path) -> None:
     assert img.channels == 3 and img.spatial_shape == (480, 640)
 
 
-@pytest.mark.parametrize(("name", "shape", "counts"), [
-    ("pneumoniamnist/pneumoniamnist.npz", (28, 28), {"train": 4708, "val": 524, "test": 624}),
-    ("adrenalmnist3d/adrenalmnist3d.npz", (28, 28, 28), {"train": 1188, "val": 98, "test": 298}),
-    ("adrenalmnist3d/adrenalmnist3d_64.npz", (64, 64, 64), {"train": 1188, "val": 98, "test": 298}),
-])
-def test_medmnist_files(shared_data: Path, name: str, shape: tuple[int, ...], counts: dict[str, int]) -> None:
+@pytest.mark.parametrize(
+    ("name", "shape", "counts"),
+    [
+        ("pneumoniamnist/pneumoniamnist.npz", (28, 28), {"train": 4708, "val": 524, "test": 624}),
+        (
+            "adrenalmnist3d/adrenalmnist3d.npz",
+            (28, 28, 28),
+            {"train": 1188, "val": 98, "test": 298},
+        ),
+        (
+            "adrenalmnist3d/adrenalmnist3d_64.npz",
+            (64, 64, 64),
+            {"train": 1188, "val": 98, "test": 298},
+        ),
+    ],
+)
+def test_medmnist_files(
+    shared_data: Path, name: str, shape: tuple[int, ...], counts: dict[str, int]
+) -> None:
     splits = read_medmnist(shared_data / name)
     assert {k: len(v) for k, v in splits.items()} == counts
     assert splits["train"].images.shape[1:] == shape

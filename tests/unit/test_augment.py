@@ -6,7 +6,17 @@ import torch
 from medlens.errors import ConfigError
 from medlens.transforms.augment import BatchAugment
 
-FULL = {"rotate_deg": 20, "scale": 0.15, "translate": 0.1, "elastic_alpha": 0.02, "gamma": 0.3, "brightness": 0.1, "contrast": 0.2, "noise_std": 0.05, "blur_sigma": 1.0}
+FULL = {
+    "rotate_deg": 20,
+    "scale": 0.15,
+    "translate": 0.1,
+    "elastic_alpha": 0.02,
+    "gamma": 0.3,
+    "brightness": 0.1,
+    "contrast": 0.2,
+    "noise_std": 0.05,
+    "blur_sigma": 1.0,
+}
 
 
 def _batch(nd: int, n: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
@@ -14,7 +24,9 @@ def _batch(nd: int, n: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
     masks = torch.zeros(n, 1, *size, dtype=torch.int64)
     region = (slice(None), slice(None)) + (slice(6, 15),) * nd
     masks[region] = 1
-    images = masks.float() + 0.01 * torch.rand(n, 1, *size, generator=torch.Generator().manual_seed(9))
+    images = masks.float() + 0.01 * torch.rand(
+        n, 1, *size, generator=torch.Generator().manual_seed(9)
+    )
     return images, masks
 
 
@@ -39,7 +51,9 @@ def test_identity_at_neutral_parameters(nd: int) -> None:
 
 @pytest.mark.parametrize("nd", [2, 3])
 def test_masks_follow_images(nd: int) -> None:
-    aug = BatchAugment(spatial_dims=nd, flip_axes=(0,), rotate_deg=30, scale=0.2, translate=0.1, elastic_alpha=0.02)
+    aug = BatchAugment(
+        spatial_dims=nd, flip_axes=(0,), rotate_deg=30, scale=0.2, translate=0.1, elastic_alpha=0.02
+    )
     images, masks = _batch(nd)
     out = aug(images, masks, generator=torch.Generator().manual_seed(3))
     assert out.masks is not None and out.masks.dtype == masks.dtype
@@ -73,7 +87,10 @@ def test_box_moved_out_of_view_becomes_nan() -> None:
     images, _ = _batch(2, n=1)
     aug = BatchAugment(spatial_dims=2, translate=0.9, prob=1.0)
     boxes = [torch.tensor([[0.0, 0.0, 2.0, 2.0]])]
-    outs = [aug(images, boxes=boxes, generator=torch.Generator().manual_seed(s)).boxes[0] for s in range(20)]  # type: ignore[index]
+    outs = [
+        aug(images, boxes=boxes, generator=torch.Generator().manual_seed(s)).boxes[0]
+        for s in range(20)
+    ]  # type: ignore[index]
     assert any(torch.isnan(o).all() for o in outs)
 
 

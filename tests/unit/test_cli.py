@@ -11,8 +11,14 @@ from medlens.data.synthetic import write_chest_folder
 from medlens.io import read_image
 
 
-def test_convert_series_to_nifti_and_info(tmp_path: Path, ct_volume: np.ndarray, run_cli: Callable) -> None:
-    truth = write_dicom_series(ct_volume, tmp_path / "series", SeriesSpec(rotation_deg=(0, 20, 0), patient_id="SECRET-ID-42"))
+def test_convert_series_to_nifti_and_info(
+    tmp_path: Path, ct_volume: np.ndarray, run_cli: Callable
+) -> None:
+    truth = write_dicom_series(
+        ct_volume,
+        tmp_path / "series",
+        SeriesSpec(rotation_deg=(0, 20, 0), patient_id="SECRET-ID-42"),
+    )
     out = tmp_path / "vol.nii.gz"
     assert run_cli("convert", str(tmp_path / "series"), str(out)).code == 0
     np.testing.assert_allclose(read_image(out).affine, truth.affine, atol=1e-4)
@@ -32,7 +38,9 @@ def test_errors_are_one_line_without_traceback(tmp_path: Path, run_cli: Callable
     assert not (tmp_path / "x.nii.gz").exists()
 
 
-def test_multi_series_folder_lists_series(tmp_path: Path, ct_volume: np.ndarray, run_cli: Callable) -> None:
+def test_multi_series_folder_lists_series(
+    tmp_path: Path, ct_volume: np.ndarray, run_cli: Callable
+) -> None:
     write_dicom_series(ct_volume, tmp_path, SeriesSpec(series_number=1))
     write_dicom_series(ct_volume, tmp_path, SeriesSpec(series_number=2))
     listing = json.loads(run_cli("info", str(tmp_path), "--json").out)

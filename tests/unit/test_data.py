@@ -99,7 +99,9 @@ def test_manifest_validation_and_round_trip(tmp_path: Path, chest_folder: Path) 
     manifest = patient_split(load_manifest(chest_folder))
     out = manifest.write(tmp_path / "sub" / "m.csv")
     again = Manifest.read(out)
-    assert [again.resolve(r).resolve() for r in again] == [manifest.resolve(r).resolve() for r in manifest]
+    assert [again.resolve(r).resolve() for r in again] == [
+        manifest.resolve(r).resolve() for r in manifest
+    ]
     assert not again.missing_files()
     rows = [dict(r) for r in again]
     rows[0]["path"] = "missing.png"
@@ -124,7 +126,11 @@ def test_dicom_tree_builder(tmp_path: Path) -> None:
         writer.writerow(["PatientID", "label"])
         writer.writerows([["PAT0", "1"], ["PAT1", "0"], ["PAT2", "1"]])
     manifest = manifest_from_dicom_tree(tmp_path, labels, key="PatientID")
-    assert sorted((r["patient_id"], r["label"]) for r in manifest) == [("PAT0", "1"), ("PAT1", "0"), ("PAT2", "1")]
+    assert sorted((r["patient_id"], r["label"]) for r in manifest) == [
+        ("PAT0", "1"),
+        ("PAT1", "0"),
+        ("PAT2", "1"),
+    ]
     assert all(r["series_uid"] and r["study_id"] for r in manifest)
     assert check_dataset(manifest).shapes == {"1x12x12x12": 3}
 
@@ -132,14 +138,22 @@ def test_dicom_tree_builder(tmp_path: Path) -> None:
 def test_medmnist_builder(tmp_path: Path) -> None:
     path = tmp_path / "toy.npz"
     imgs = np.random.default_rng(0).integers(0, 255, (4, 28, 28)).astype(np.uint8)
-    np.savez(path, train_images=imgs, train_labels=np.array([[0], [1], [0], [1]]), test_images=imgs[:2], test_labels=np.array([[0], [1]]))
+    np.savez(
+        path,
+        train_images=imgs,
+        train_labels=np.array([[0], [1], [0], [1]]),
+        test_images=imgs[:2],
+        test_labels=np.array([[0], [1]]),
+    )
     manifest = load_manifest(path)
     assert len(manifest) == 6 and {r["split"] for r in manifest} == {"train", "test"}
     report = check_dataset(manifest)
     assert len(report.leakage.duplicates) == 2  # test images are copies of train images
 
 
-def test_cache_builds_once_and_reuses(tmp_path: Path, chest_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cache_builds_once_and_reuses(
+    tmp_path: Path, chest_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     manifest = patient_split(load_manifest(chest_folder))
     pipe = Pipeline((ZScore(), Resize((16, 16))))
     cached = build_cache(manifest, pipe, tmp_path)
@@ -153,7 +167,9 @@ def test_cache_builds_once_and_reuses(tmp_path: Path, chest_folder: Path, monkey
     again = build_cache(manifest, pipe, tmp_path)
     np.testing.assert_array_equal(again.images, cached.images)
     assert cache_key(manifest, Pipeline((ZScore(), Resize((8, 8))))) != cache_key(manifest, pipe)
-    batches = list(cached.batches(cached.indices("train"), 8, generator=torch.Generator().manual_seed(0)))
+    batches = list(
+        cached.batches(cached.indices("train"), 8, generator=torch.Generator().manual_seed(0))
+    )
     assert sum(len(i) for i, _ in batches) == len(cached.indices("train"))
     assert batches[0][1].shape[1:] == (1, 16, 16)
 

@@ -23,7 +23,9 @@ from medlens.io.dicom import _decode
     ],
     ids=["axial", "oblique-rescaled", "coronal-monochrome1", "sagittal-rle", "reversed"],
 )
-def test_series_matches_ground_truth(tmp_path: Path, ct_volume: np.ndarray, spec: SeriesSpec) -> None:
+def test_series_matches_ground_truth(
+    tmp_path: Path, ct_volume: np.ndarray, spec: SeriesSpec
+) -> None:
     truth = write_dicom_series(ct_volume, tmp_path, spec)
     img = read_image(tmp_path)
     np.testing.assert_array_equal(img.array, truth.array)
@@ -31,7 +33,9 @@ def test_series_matches_ground_truth(tmp_path: Path, ct_volume: np.ndarray, spec
     assert img.meta.modality == "CT"
 
 
-def test_slices_are_not_sorted_by_instance_number_or_name(tmp_path: Path, ct_volume: np.ndarray) -> None:
+def test_slices_are_not_sorted_by_instance_number_or_name(
+    tmp_path: Path, ct_volume: np.ndarray
+) -> None:
     truth = write_dicom_series(ct_volume, tmp_path, SeriesSpec(shuffle_seed=3))
     names = sorted(p.name for p in tmp_path.iterdir())
     first = pydicom.dcmread(tmp_path / names[0])
@@ -66,7 +70,9 @@ def test_gantry_tilt_is_refused_then_resampled(tmp_path: Path, ct_volume: np.nda
 
 
 def test_uneven_spacing_is_refused_then_interpolated(tmp_path: Path, ct_volume: np.ndarray) -> None:
-    offsets = [0.0, 2.5, 5.0, 10.0] + [12.5 + 2.5 * i for i in range(ct_volume.shape[0] - 4)]  # 7.5 missing
+    offsets = [0.0, 2.5, 5.0, 10.0] + [
+        12.5 + 2.5 * i for i in range(ct_volume.shape[0] - 4)
+    ]  # 7.5 missing
     write_dicom_series(ct_volume, tmp_path, SeriesSpec(slice_offsets=offsets))
     with pytest.raises(DicomSeriesError, match="uneven slice spacing"):
         read_image(tmp_path)
@@ -88,7 +94,7 @@ def test_folder_with_two_series_never_mixes_them(tmp_path: Path, ct_volume: np.n
     a = write_dicom_series(ct_volume, tmp_path, SeriesSpec(series_number=3, description="A"))
     write_dicom_series(ct_volume[:10] + 5, tmp_path, SeriesSpec(series_number=4, description="B"))
     assert len(scan_series(tmp_path)) == 2
-    with pytest.raises(DicomSeriesError, match="2 series.*'A'.*--series"):
+    with pytest.raises(DicomSeriesError, match=r"2 series.*'A'.*--series"):
         read_image(tmp_path)
     picked = read_image(tmp_path, series_uid=a.meta.series_uid)
     np.testing.assert_array_equal(picked.array, a.array)

@@ -10,14 +10,21 @@ from medlens.io import ImageMeta, MedicalImage, lps_to_ras, ras_to_lps
 
 def test_affine_maps_index_to_world() -> None:
     direction = rotation_matrix((10, 20, 30))
-    img = MedicalImage(np.zeros((1, 4, 5, 6)), spacing=(2.0, 0.5, 0.25), origin=(1, 2, 3), direction=direction)
+    img = MedicalImage(
+        np.zeros((1, 4, 5, 6)), spacing=(2.0, 0.5, 0.25), origin=(1, 2, 3), direction=direction
+    )
     index = np.array([3, 1, 2, 1.0])
     expected = np.array([1, 2, 3]) + direction @ (np.array([2.0, 0.5, 0.25]) * index[:3])
     np.testing.assert_allclose((img.affine @ index)[:3], expected)
 
 
 def test_from_affine_round_trip_3d() -> None:
-    img = MedicalImage(np.zeros((1, 3, 4, 5)), spacing=(1.5, 0.7, 0.9), origin=(-5, 6, 7), direction=rotation_matrix((5, -40, 12)))
+    img = MedicalImage(
+        np.zeros((1, 3, 4, 5)),
+        spacing=(1.5, 0.7, 0.9),
+        origin=(-5, 6, 7),
+        direction=rotation_matrix((5, -40, 12)),
+    )
     back = MedicalImage.from_affine(img.array, img.affine)
     np.testing.assert_allclose(back.affine, img.affine, atol=1e-12)
     assert back.spacing == pytest.approx(img.spacing)

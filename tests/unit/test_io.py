@@ -35,14 +35,20 @@ def test_3d_round_trip_keeps_array_and_affine(tmp_path: Path, suffix: str) -> No
 
 @pytest.mark.parametrize("suffix", [".nii.gz", ".npz", ".nrrd"])
 def test_multichannel_round_trip(tmp_path: Path, suffix: str) -> None:
-    img = MedicalImage(np.random.default_rng(1).random((2, 4, 5, 6)).astype(np.float32), spacing=(1, 2, 3))
+    img = MedicalImage(
+        np.random.default_rng(1).random((2, 4, 5, 6)).astype(np.float32), spacing=(1, 2, 3)
+    )
     back = read_image(write_image(img, tmp_path / f"mc{suffix}"))
     np.testing.assert_array_equal(back.array, img.array)
     np.testing.assert_allclose(back.affine, img.affine, atol=1e-6)
 
 
 def test_nifti_stores_ras_and_metadata(tmp_path: Path) -> None:
-    img = MedicalImage(np.zeros((1, 2, 2, 2), np.uint8), origin=(10, 20, 30), meta=ImageMeta(modality="MR", patient_id="X"))
+    img = MedicalImage(
+        np.zeros((1, 2, 2, 2), np.uint8),
+        origin=(10, 20, 30),
+        meta=ImageMeta(modality="MR", patient_id="X"),
+    )
     path = write_image(img, tmp_path / "a.nii.gz")
     nii = nib.load(path)
     np.testing.assert_allclose(nii.affine[:3, 3], [-10, -20, 30])  # LPS -> RAS flips x and y
@@ -50,10 +56,21 @@ def test_nifti_stores_ras_and_metadata(tmp_path: Path) -> None:
     assert read_image(path).meta.modality == "MR"
 
 
-@pytest.mark.parametrize(("dtype", "suffix"), [(np.uint8, ".png"), (np.uint16, ".png"), (np.uint8, ".tif"), (np.uint16, ".tiff"), (np.uint8, ".bmp")])
+@pytest.mark.parametrize(
+    ("dtype", "suffix"),
+    [
+        (np.uint8, ".png"),
+        (np.uint16, ".png"),
+        (np.uint8, ".tif"),
+        (np.uint16, ".tiff"),
+        (np.uint8, ".bmp"),
+    ],
+)
 def test_2d_raster_round_trip_is_exact(tmp_path: Path, dtype: type, suffix: str) -> None:
     rng = np.random.default_rng(2)
-    array = rng.integers(0, np.iinfo(dtype).max, size=(1, 9, 13)).astype(dtype)  # non-square: catches transposes
+    array = rng.integers(0, np.iinfo(dtype).max, size=(1, 9, 13)).astype(
+        dtype
+    )  # non-square: catches transposes
     img = MedicalImage(array, spacing=(0.5, 0.25))
     back = read_image(write_image(img, tmp_path / f"a{suffix}"))
     np.testing.assert_array_equal(back.array, array)
@@ -62,7 +79,9 @@ def test_2d_raster_round_trip_is_exact(tmp_path: Path, dtype: type, suffix: str)
 
 def test_png_keeps_full_geometry(tmp_path: Path) -> None:
     direction = np.array([[0, 0, 1], [1, 0, 0], [0, -1, 0]], dtype=float)
-    img = MedicalImage(np.zeros((1, 3, 4), np.uint8), spacing=(0.3, 0.4), origin=(1, 2, 3), direction=direction)
+    img = MedicalImage(
+        np.zeros((1, 3, 4), np.uint8), spacing=(0.3, 0.4), origin=(1, 2, 3), direction=direction
+    )
     back = read_image(write_image(img, tmp_path / "g.png"))
     np.testing.assert_allclose(back.affine, img.affine)
 
@@ -94,11 +113,13 @@ def test_content_decides_not_suffix(tmp_path: Path) -> None:
     assert read_image(png_named_dcm).spatial_shape == (4, 5)
 
 
-@pytest.mark.parametrize(("content", "error"), [(b"", DataError), (b"hello, I am text" * 40, UnsupportedFormatError)])
+@pytest.mark.parametrize(
+    ("content", "error"), [(b"", DataError), (b"hello, I am text" * 40, UnsupportedFormatError)]
+)
 def test_non_images_are_refused(tmp_path: Path, content: bytes, error: type) -> None:
     path = tmp_path / "fake.png"
     path.write_bytes(content)
-    with pytest.raises(error, match="fake.png"):
+    with pytest.raises(error, match=r"fake\.png"):
         read_image(path)
 
 
@@ -122,7 +143,9 @@ def test_3d_to_png_is_refused_and_writes_nothing(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_failed_write_leaves_no_partial_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_write_leaves_no_partial_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     target = tmp_path / "out.nii.gz"
     target.write_bytes(b"previous content")
 
@@ -145,7 +168,15 @@ def test_unknown_output_suffix(tmp_path: Path) -> None:
 def test_medmnist_selector(tmp_path: Path) -> None:
     path = tmp_path / "mini.npz"
     images = np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28)
-    np.savez(path, train_images=images, train_labels=np.array([[0], [1]]), val_images=images, val_labels=np.zeros((2, 1)), test_images=images, test_labels=np.zeros((2, 1)))
+    np.savez(
+        path,
+        train_images=images,
+        train_labels=np.array([[0], [1]]),
+        val_images=images,
+        val_labels=np.zeros((2, 1)),
+        test_images=images,
+        test_labels=np.zeros((2, 1)),
+    )
     img = read_image(f"{path}#train/1")
     np.testing.assert_array_equal(img.array[0], images[1])
     with pytest.raises(DataError, match="dataset, not one image"):

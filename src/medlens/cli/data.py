@@ -24,14 +24,20 @@ def render_report(report: DataCheckReport, title: str) -> None:
         table.add_column(f"label {label}", justify="right")
     table.add_column("total", justify="right")
     for split, counts in sorted(report.counts.items()):
-        table.add_row(split, *[str(counts.get(label, 0)) for label in labels], str(sum(counts.values())))
+        table.add_row(
+            split, *[str(counts.get(label, 0)) for label in labels], str(sum(counts.values()))
+        )
     console.print(table)
     if report.shapes:
-        console.print("shapes: " + ", ".join(f"{s} ({n})" for s, n in sorted(report.shapes.items())))
+        console.print(
+            "shapes: " + ", ".join(f"{s} ({n})" for s, n in sorted(report.shapes.items()))
+        )
     for warning in report.warnings:
         console.print(f"[yellow]warning:[/] {warning}")
     if report.ok:
-        console.print("[green]no problems found[/] (files readable, labels usable, no patient or pixel leakage)")
+        console.print(
+            "[green]no problems found[/] (files readable, labels usable, no patient or pixel leakage)"
+        )
         return
     problems = Table(title="Problems", show_lines=False)
     problems.add_column("kind", style="red")
@@ -43,9 +49,15 @@ def render_report(report: DataCheckReport, title: str) -> None:
 
 @data_app.command("check")
 def check(
-    path: Annotated[Path, typer.Argument(help="Manifest CSV, folder of class sub-folders, or MedMNIST .npz.")],
-    patient_regex: Annotated[str | None, typer.Option("--patient-regex", help="Regex for the patient id in file names.")] = None,
-    no_decode: Annotated[bool, typer.Option("--no-decode", help="Skip decoding (no unreadable/duplicate check).")] = False,
+    path: Annotated[
+        Path, typer.Argument(help="Manifest CSV, folder of class sub-folders, or MedMNIST .npz.")
+    ],
+    patient_regex: Annotated[
+        str | None, typer.Option("--patient-regex", help="Regex for the patient id in file names.")
+    ] = None,
+    no_decode: Annotated[
+        bool, typer.Option("--no-decode", help="Skip decoding (no unreadable/duplicate check).")
+    ] = False,
 ) -> None:
     """Validate a dataset; exit code 1 when a problem is found."""
     manifest = load_manifest(path, patient_regex=patient_regex)
@@ -58,13 +70,17 @@ def check(
 
 @data_app.command("split")
 def split(
-    path: Annotated[Path, typer.Argument(help="Manifest CSV, folder of class sub-folders, or MedMNIST .npz.")],
+    path: Annotated[
+        Path, typer.Argument(help="Manifest CSV, folder of class sub-folders, or MedMNIST .npz.")
+    ],
     out: Annotated[Path, typer.Option("--out", help="Manifest CSV to write.")],
     val: Annotated[float, typer.Option(help="Validation fraction of patients.")] = 0.15,
     test: Annotated[float, typer.Option(help="Test fraction of patients.")] = 0.15,
     folds: Annotated[int, typer.Option(help="Also assign k patient-level folds (0 = none).")] = 0,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    resplit: Annotated[bool, typer.Option("--resplit", help="Replace an existing split column.")] = False,
+    resplit: Annotated[
+        bool, typer.Option("--resplit", help="Replace an existing split column.")
+    ] = False,
     patient_regex: Annotated[str | None, typer.Option("--patient-regex")] = None,
 ) -> None:
     """Write a manifest with patient-level stratified train/val/test (and optional k-fold) splits."""

@@ -15,10 +15,23 @@ from medlens.cli.common import console, err_console, mask_id, progress_bar
 from medlens.cli.data import data_app
 from medlens.cli.demo import run_demo
 from medlens.errors import MedlensError
-from medlens.io import MedicalImage, is_medmnist, read_image, read_medmnist, scan_series, split_selector, write_image
+from medlens.io import (
+    MedicalImage,
+    is_medmnist,
+    read_image,
+    read_medmnist,
+    scan_series,
+    split_selector,
+    write_image,
+)
 from medlens.transforms import parse_window
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, help="medlens: CNN-based medical image analysis.")
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="medlens: CNN-based medical image analysis.",
+)
 app.add_typer(data_app, name="data")
 _state = {"debug": False}
 
@@ -29,7 +42,10 @@ def _global(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
 ) -> None:
     _state["debug"] = debug
-    logging.basicConfig(level=logging.INFO if verbose or debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose or debug else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
 
 
 def describe(image: MedicalImage, show_ids: bool = False) -> dict[str, Any]:
@@ -60,10 +76,16 @@ def describe(image: MedicalImage, show_ids: bool = False) -> dict[str, Any]:
 
 @app.command()
 def info(
-    path: Annotated[str, typer.Argument(help="Image file, DICOM folder, MedMNIST .npz or file.npz#split/i.")],
+    path: Annotated[
+        str, typer.Argument(help="Image file, DICOM folder, MedMNIST .npz or file.npz#split/i.")
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    series: Annotated[str | None, typer.Option("--series", help="SeriesInstanceUID or SeriesNumber.")] = None,
-    show_ids: Annotated[bool, typer.Option("--show-ids", help="Show patient/study identifiers.")] = False,
+    series: Annotated[
+        str | None, typer.Option("--series", help="SeriesInstanceUID or SeriesNumber.")
+    ] = None,
+    show_ids: Annotated[
+        bool, typer.Option("--show-ids", help="Show patient/study identifiers.")
+    ] = False,
     resample_irregular: Annotated[bool, typer.Option("--resample-irregular")] = False,
 ) -> None:
     """Describe an image, a DICOM folder (its series) or a MedMNIST dataset."""
@@ -71,18 +93,39 @@ def info(
     if base.is_dir() and series is None:
         found = scan_series(base)
         if len(found) > 1:
-            _print({"series": [{"uid": s.uid, "number": s.number, "modality": s.modality, "description": s.description, "files": len(s.files)} for s in found.values()]}, as_json, "Series in folder (pick one with --series)")
+            _print(
+                {
+                    "series": [
+                        {
+                            "uid": s.uid,
+                            "number": s.number,
+                            "modality": s.modality,
+                            "description": s.description,
+                            "files": len(s.files),
+                        }
+                        for s in found.values()
+                    ]
+                },
+                as_json,
+                "Series in folder (pick one with --series)",
+            )
             return
     if base.is_file() and selector is None and is_medmnist(base):
         splits = read_medmnist(base)
         summary = {
-            split: {"images": list(d.images.shape), "dtype": str(d.images.dtype), "label_counts": _counts(d.labels)}
+            split: {
+                "images": list(d.images.shape),
+                "dtype": str(d.images.dtype),
+                "label_counts": _counts(d.labels),
+            }
             for split, d in splits.items()
         }
         _print({"medmnist": str(base), "splits": summary}, as_json, "MedMNIST dataset")
         return
     with progress_bar("reading") as update:
-        image = read_image(path, series_uid=series, resample_irregular=resample_irregular, progress=update)
+        image = read_image(
+            path, series_uid=series, resample_irregular=resample_irregular, progress=update
+        )
     _print(describe(image, show_ids), as_json, "Image")
 
 
@@ -99,23 +142,41 @@ def _print(payload: dict[str, Any], as_json: bool, title: str) -> None:
         return
     table = Table(title=title, show_header=False)
     for key, value in payload.items():
-        table.add_row(key, json.dumps(value, default=str) if isinstance(value, dict | list) else str(value))
+        table.add_row(
+            key, json.dumps(value, default=str) if isinstance(value, dict | list) else str(value)
+        )
     console.print(table)
 
 
 @app.command()
 def convert(
     src: Annotated[str, typer.Argument(help="Input image, DICOM folder or file.npz#split/i.")],
-    dst: Annotated[Path, typer.Argument(help="Output: .nii/.nii.gz, .png/.jpg/.bmp/.tif, .npz, .nrrd/.mha/.mhd.")],
-    window: Annotated[str | None, typer.Option("--window", help="Preset (lung, mediastinum, abdomen, bone, brain...) or C,W.")] = None,
-    series: Annotated[str | None, typer.Option("--series", help="SeriesInstanceUID or SeriesNumber.")] = None,
-    resample_irregular: Annotated[bool, typer.Option("--resample-irregular", help="Resample uneven/tilted series.")] = False,
+    dst: Annotated[
+        Path,
+        typer.Argument(help="Output: .nii/.nii.gz, .png/.jpg/.bmp/.tif, .npz, .nrrd/.mha/.mhd."),
+    ],
+    window: Annotated[
+        str | None,
+        typer.Option(
+            "--window", help="Preset (lung, mediastinum, abdomen, bone, brain...) or C,W."
+        ),
+    ] = None,
+    series: Annotated[
+        str | None, typer.Option("--series", help="SeriesInstanceUID or SeriesNumber.")
+    ] = None,
+    resample_irregular: Annotated[
+        bool, typer.Option("--resample-irregular", help="Resample uneven/tilted series.")
+    ] = False,
 ) -> None:
     """Convert between formats, keeping geometry (DICOM series -> NIfTI, DICOM -> PNG, ...)."""
     with progress_bar("reading") as update:
-        image = read_image(src, series_uid=series, resample_irregular=resample_irregular, progress=update)
+        image = read_image(
+            src, series_uid=series, resample_irregular=resample_irregular, progress=update
+        )
     out = write_image(image, dst, window=parse_window(window) if window else None)
-    console.print(f"wrote {out} ({'x'.join(map(str, image.spatial_shape))}, {image.orientation()}, spacing {tuple(round(s, 4) for s in image.spacing)})")
+    console.print(
+        f"wrote {out} ({'x'.join(map(str, image.spatial_shape))}, {image.orientation()}, spacing {tuple(round(s, 4) for s in image.spacing)})"
+    )
 
 
 @app.command()

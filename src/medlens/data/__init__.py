@@ -11,7 +11,14 @@ from medlens.data.builders import (
 )
 from medlens.data.cache import CachedArrays, build_cache, cache_key
 from medlens.data.manifest import SPLITS, Manifest
-from medlens.data.splits import LeakageReport, array_digest, assert_no_leakage, check_leakage, kfold, patient_split
+from medlens.data.splits import (
+    LeakageReport,
+    array_digest,
+    assert_no_leakage,
+    check_leakage,
+    kfold,
+    patient_split,
+)
 
 __all__ = [
     "SPLITS",

@@ -16,13 +16,43 @@ from medlens.io import MedicalImage, is_medmnist, read_image, read_medmnist, spl
 from medlens.io.dicom_series import scan_series
 from medlens.io.npz import medmnist_image
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".dcm", ".nii", ".gz", ".nrrd", ".mha", ".mhd"}
-_SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "test": "test", "testing": "test"}
-DICOM_KEYS = {"PatientID": "patient_id", "StudyInstanceUID": "study_id", "SeriesInstanceUID": "series_uid"}
+IMAGE_SUFFIXES = {
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".bmp",
+    ".tif",
+    ".tiff",
+    ".gif",
+    ".dcm",
+    ".nii",
+    ".gz",
+    ".nrrd",
+    ".mha",
+    ".mhd",
+}
+_SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+}
+DICOM_KEYS = {
+    "PatientID": "patient_id",
+    "StudyInstanceUID": "study_id",
+    "SeriesInstanceUID": "series_uid",
+}
 
 
 def _images_in(folder: Path) -> list[Path]:
-    return [p for p in sorted(folder.rglob("*")) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")]
+    return [
+        p
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+    ]
 
 
 def manifest_from_folder(root: str | Path, *, patient_regex: str | None = None) -> Manifest:
@@ -38,12 +68,20 @@ def manifest_from_folder(root: str | Path, *, patient_regex: str | None = None) 
         raise DataError("not a folder", path=root)
     subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not subdirs:
-        raise DataError("folder has no class sub-folders", path=root, fix="arrange images as ROOT/<class>/<image>")
+        raise DataError(
+            "folder has no class sub-folders",
+            path=root,
+            fix="arrange images as ROOT/<class>/<image>",
+        )
     pattern = re.compile(patient_regex) if patient_regex else None
     split_layout = all(p.name.lower() in _SPLIT_ALIASES for p in subdirs)
     rows = []
     for top in subdirs:
-        class_dirs = [(p, _SPLIT_ALIASES[top.name.lower()]) for p in sorted(top.iterdir()) if p.is_dir()] if split_layout else [(top, "")]
+        class_dirs = (
+            [(p, _SPLIT_ALIASES[top.name.lower()]) for p in sorted(top.iterdir()) if p.is_dir()]
+            if split_layout
+            else [(top, "")]
+        )
         for class_dir, split in class_dirs:
             for image in _images_in(class_dir):
                 row = {
@@ -69,7 +107,9 @@ def _patient_id(name: str, pattern: re.Pattern[str] | None) -> str:
     return match.group(1) if match.groups() else match.group(0)
 
 
-def manifest_from_dicom_tree(root: str | Path, labels_csv: str | Path, *, key: str = "PatientID") -> Manifest:
+def manifest_from_dicom_tree(
+    root: str | Path, labels_csv: str | Path, *, key: str = "PatientID"
+) -> Manifest:
     """One row per series under ``root``, labelled by joining ``labels_csv`` on ``key``.
 
     ``labels_csv`` has a column named ``key`` (``PatientID``, ``StudyInstanceUID`` or
@@ -84,25 +124,35 @@ def manifest_from_dicom_tree(root: str | Path, labels_csv: str | Path, *, key: s
         raise ManifestError(f"labels CSV needs a {key!r} column", path=labels_csv)
     label_cols = [c for c in table[0] if c == "label" or c.startswith("label_")]
     if not label_cols:
-        raise ManifestError("labels CSV needs a 'label' column (or 'label_*' columns)", path=labels_csv)
+        raise ManifestError(
+            "labels CSV needs a 'label' column (or 'label_*' columns)", path=labels_csv
+        )
     labels = {row[key].strip(): {c: row[c].strip() for c in label_cols} for row in table}
     rows, unlabelled = [], 0
     for info in scan_series(root).values():
-        ids = {"PatientID": info.patient_id, "StudyInstanceUID": info.study_uid, "SeriesInstanceUID": info.uid}
+        ids = {
+            "PatientID": info.patient_id,
+            "StudyInstanceUID": info.study_uid,
+            "SeriesInstanceUID": info.uid,
+        }
         found = labels.get(ids[key] or "")
         if found is None:
             unlabelled += 1
             continue
         folder = info.files[0].parent
-        rows.append({
-            "path": str(folder.relative_to(root)) if folder != root else ".",
-            **found,
-            "patient_id": info.patient_id or info.uid,
-            "study_id": info.study_uid or "",
-            "series_uid": info.uid,
-        })
+        rows.append(
+            {
+                "path": str(folder.relative_to(root)) if folder != root else ".",
+                **found,
+                "patient_id": info.patient_id or info.uid,
+                "study_id": info.study_uid or "",
+                "series_uid": info.uid,
+            }
+        )
     if not rows:
-        raise ManifestError(f"no series matched a {key} in the labels CSV ({unlabelled} unlabelled)", path=root)
+        raise ManifestError(
+            f"no series matched a {key} in the labels CSV ({unlabelled} unlabelled)", path=root
+        )
     return Manifest(rows, root)
 
 
@@ -136,11 +186,15 @@ def load_manifest(source: str | Path, *, patient_regex: str | None = None) -> Ma
         raise DataError("file or folder not found", path=path)
     if path.suffix.lower() == ".npz" or is_medmnist(path):
         if not is_medmnist(path):
-            raise DataError("this .npz is not a MedMNIST dataset (no train_images/..._labels)", path=path)
+            raise DataError(
+                "this .npz is not a MedMNIST dataset (no train_images/..._labels)", path=path
+            )
         return manifest_from_medmnist(path)
     if path.suffix.lower() == ".csv":
         return Manifest.read(path)
-    raise DataError("expected a manifest .csv, a folder of class sub-folders or a MedMNIST .npz", path=path)
+    raise DataError(
+        "expected a manifest .csv, a folder of class sub-folders or a MedMNIST .npz", path=path
+    )
 
 
 @lru_cache(maxsize=4)
@@ -161,15 +215,26 @@ def load_sample(manifest: Manifest, row: dict[str, str]) -> MedicalImage:
         base, selector = split_selector(target)
         if selector is not None and base.suffix.lower() == ".npz":
             split, _, index = selector.partition("/")
-            images.append(medmnist_image(_medmnist_split(str(base), split)[int(index)], str(target)))
+            images.append(
+                medmnist_image(_medmnist_split(str(base), split)[int(index)], str(target))
+            )
         else:
             images.append(read_image(target, series_uid=row.get("series_uid") or None))
     if len(images) == 1:
         return images[0]
     shapes = {img.spatial_shape for img in images}
     if len(shapes) != 1:
-        raise DataError(f"inputs of one row have different shapes {sorted(shapes)}", path=row.get("path"))
+        raise DataError(
+            f"inputs of one row have different shapes {sorted(shapes)}", path=row.get("path")
+        )
     return images[0].with_array(np.concatenate([img.array for img in images]))
 
 
-__all__ = ["SPLITS", "load_manifest", "load_sample", "manifest_from_dicom_tree", "manifest_from_folder", "manifest_from_medmnist"]
+__all__ = [
+    "SPLITS",
+    "load_manifest",
+    "load_sample",
+    "manifest_from_dicom_tree",
+    "manifest_from_folder",
+    "manifest_from_medmnist",
+]

@@ -66,14 +66,22 @@ class CachedArrays:
         return np.flatnonzero(self.splits == split)
 
     def batches(
-        self, indices: NDArray[np.int64], batch_size: int, *, generator: torch.Generator | None = None
+        self,
+        indices: NDArray[np.int64],
+        batch_size: int,
+        *,
+        generator: torch.Generator | None = None,
     ) -> Iterator[tuple[NDArray[np.int64], torch.Tensor]]:
         """Yield ``(row indices, image tensor)`` batches; shuffled when a generator is given.
 
         Each batch is one sorted fancy-index into the memmap (sequential reads), not a Python
         loop over samples.
         """
-        order = indices if generator is None else indices[torch.randperm(len(indices), generator=generator).numpy()]
+        order = (
+            indices
+            if generator is None
+            else indices[torch.randperm(len(indices), generator=generator).numpy()]
+        )
         for start in range(0, len(order), batch_size):
             chosen = np.sort(order[start : start + batch_size])
             yield chosen, torch.from_numpy(np.ascontiguousarray(self.images[chosen]))
@@ -90,7 +98,11 @@ def _load(folder: Path) -> CachedArrays:
 
 
 def build_cache(
-    manifest: Manifest, pipeline: Pipeline, cache_dir: str | Path, *, progress: Progress | None = None
+    manifest: Manifest,
+    pipeline: Pipeline,
+    cache_dir: str | Path,
+    *,
+    progress: Progress | None = None,
 ) -> CachedArrays:
     """Return the cache entry for (manifest, pipeline), building it if needed.
 
@@ -118,10 +130,14 @@ def build_cache(
     return _load(final)
 
 
-def _build_into(folder: Path, manifest: Manifest, pipeline: Pipeline, progress: Progress | None) -> None:
+def _build_into(
+    folder: Path, manifest: Manifest, pipeline: Pipeline, progress: Progress | None
+) -> None:
     first = pipeline(load_sample(manifest, manifest.rows[0]))
     shape = first.array.shape
-    images = np.lib.format.open_memmap(folder / "images.npy", mode="w+", dtype=np.float32, shape=(len(manifest), *shape))
+    images = np.lib.format.open_memmap(
+        folder / "images.npy", mode="w+", dtype=np.float32, shape=(len(manifest), *shape)
+    )
     for i, row in enumerate(manifest.rows):
         array = first.array if i == 0 else pipeline(load_sample(manifest, row)).array
         if array.shape != shape:

@@ -44,7 +44,9 @@ def _label_key(manifest: Manifest, row: dict[str, str]) -> str:
     return "|".join(row.get(c, "") for c in manifest.label_columns) or "(none)"
 
 
-def check_dataset(manifest: Manifest, *, decode: bool = True, progress: Progress | None = None) -> DataCheckReport:
+def check_dataset(
+    manifest: Manifest, *, decode: bool = True, progress: Progress | None = None
+) -> DataCheckReport:
     """Validate a manifest; with ``decode`` every image is decoded (unreadable files, duplicates).
 
     Example:
@@ -55,7 +57,9 @@ def check_dataset(manifest: Manifest, *, decode: bool = True, progress: Progress
     counts: dict[str, Counter[str]] = defaultdict(Counter)
     for row in manifest:
         counts[row.get("split") or "unsplit"][_label_key(manifest, row)] += 1
-    report = DataCheckReport(rows=len(manifest), counts={s: dict(c) for s, c in counts.items()}, shapes={})
+    report = DataCheckReport(
+        rows=len(manifest), counts={s: dict(c) for s, c in counts.items()}, shapes={}
+    )
     report.missing = manifest.missing_files()
     _check_labels(manifest, report)
     digests: dict[int, str] = {}
@@ -76,9 +80,13 @@ def check_dataset(manifest: Manifest, *, decode: bool = True, progress: Progress
                 progress(i + 1, len(manifest))
     report.shapes = dict(shapes)
     if len(shapes) > 1:
-        report.warnings.append(f"{len(shapes)} different image shapes: preprocessing must resize them")
+        report.warnings.append(
+            f"{len(shapes)} different image shapes: preprocessing must resize them"
+        )
     has_hash = bool(digests)
-    report.leakage = check_leakage(manifest, (lambda row: digests.get(id(row), f"unread-{id(row)}")) if has_hash else None)
+    report.leakage = check_leakage(
+        manifest, (lambda row: digests.get(id(row), f"unread-{id(row)}")) if has_hash else None
+    )
     return report
 
 
@@ -92,7 +100,9 @@ def _check_labels(manifest: Manifest, report: DataCheckReport) -> None:
     for column in manifest.label_columns:
         classes = manifest.classes(column)
         if len(classes) < 2:
-            report.label_problems.append(f"column {column!r} has a single class {classes}: nothing to learn")
+            report.label_problems.append(
+                f"column {column!r} has a single class {classes}: nothing to learn"
+            )
             continue
         if len(manifest.label_columns) > 1:
             continue

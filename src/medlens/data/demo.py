@@ -26,7 +26,12 @@ class DemoData:
 
 
 def prepare_demo_data(
-    out: Path, *, search: Sequence[Path], cache_dir: Path, offline: bool = False, mirror: str | None = None
+    out: Path,
+    *,
+    search: Sequence[Path],
+    cache_dir: Path,
+    offline: bool = False,
+    mirror: str | None = None,
 ) -> DemoData:
     """Find PneumoniaMNIST locally, else download it, else write 600 chest phantoms into ``out``."""
     local = find_local(DEMO_DATASET, 28, search)
@@ -39,4 +44,8 @@ def prepare_demo_data(
         except DownloadError as err:
             log.warning("PneumoniaMNIST download failed (%s); using the built-in phantoms", err)
     folder = write_chest_folder(out / "chest_phantoms", 600, size=64, seed=0)
-    return DemoData(folder, "phantoms", f"built-in chest phantoms (600 images, 64x64, offline fallback): {folder}")
+    return DemoData(
+        folder,
+        "phantoms",
+        f"built-in chest phantoms (600 images, 64x64, offline fallback): {folder}",
+    )

@@ -42,7 +42,9 @@ class SeriesSpec:
     description: str = "synthetic series"
 
 
-def write_dicom_series(volume: NDArray[Any], folder: str | Path, spec: SeriesSpec | None = None) -> MedicalImage:
+def write_dicom_series(
+    volume: NDArray[Any], folder: str | Path, spec: SeriesSpec | None = None
+) -> MedicalImage:
     """Write ``volume`` (D, H, W) of real values (e.g. HU) as one DICOM file per slice.
 
     Returns the ground truth: the values and LPS geometry a correct reader must produce
@@ -54,7 +56,12 @@ def write_dicom_series(volume: NDArray[Any], folder: str | Path, spec: SeriesSpe
     depth = volume.shape[0]
     rot = rotation_matrix(spec.rotation_deg)
     row_dir, col_dir, normal = rot[:, 0], rot[:, 1], rot[:, 2]
-    offsets = np.asarray(spec.slice_offsets if spec.slice_offsets is not None else np.arange(depth) * spec.spacing[0], dtype=np.float64)
+    offsets = np.asarray(
+        spec.slice_offsets
+        if spec.slice_offsets is not None
+        else np.arange(depth) * spec.spacing[0],
+        dtype=np.float64,
+    )
     shear = np.tan(np.radians(spec.tilt_deg))
     positions = [np.asarray(spec.origin) + normal * z + col_dir * (shear * z) for z in offsets]
     slope, intercept = spec.rescale
@@ -63,7 +70,9 @@ def write_dicom_series(volume: NDArray[Any], folder: str | Path, spec: SeriesSpe
     if spec.shuffle_seed is not None:
         order = np.random.default_rng(spec.shuffle_seed).permutation(depth)
     for file_index, k in enumerate(order):
-        ds = _slice_dataset(spec, stored[k], positions[k], row_dir, col_dir, instance=int(depth - k))
+        ds = _slice_dataset(
+            spec, stored[k], positions[k], row_dir, col_dir, instance=int(depth - k)
+        )
         name = f"IM{file_index:04d}_{ds.SOPInstanceUID[-6:]}.dcm"
         ds.save_as(folder / name, enforce_file_format=True)
     meta = ImageMeta(

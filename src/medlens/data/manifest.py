@@ -52,7 +52,9 @@ class Manifest:
                 raise ManifestError(f"row {i + 2} has an empty path or patient_id", path=self.root)
             split = row.get("split", "")
             if split and split not in SPLITS:
-                raise ManifestError(f"row {i + 2} has split {split!r}; use one of {SPLITS}", path=self.root)
+                raise ManifestError(
+                    f"row {i + 2} has split {split!r}; use one of {SPLITS}", path=self.root
+                )
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -87,7 +89,11 @@ class Manifest:
         """Rows of one split."""
         rows = [r for r in self.rows if r.get("split") == name]
         if not rows:
-            raise ManifestError(f"manifest has no rows in split {name!r}", path=self.root, fix="run `medlens data split`")
+            raise ManifestError(
+                f"manifest has no rows in split {name!r}",
+                path=self.root,
+                fix="run `medlens data split`",
+            )
         return Manifest(rows, self.root)
 
     def missing_files(self) -> list[str]:
@@ -129,7 +135,9 @@ class Manifest:
         try:
             with path.open(newline="", encoding="utf-8") as fh:
                 reader = csv.DictReader(fh)
-                rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k} for row in reader]
+                rows = [
+                    {k.strip(): (v or "").strip() for k, v in row.items() if k} for row in reader
+                ]
         except (OSError, UnicodeDecodeError, csv.Error) as err:
             raise ManifestError(f"cannot read manifest CSV ({err})", path=path) from err
         try:

@@ -26,7 +26,9 @@ _CHUNK = 1 << 16
 @lru_cache(maxsize=1)
 def medmnist_info() -> dict[str, Any]:
     """Dataset name -> task, labels, sample counts and files per size."""
-    text = resources.files("medlens.data").joinpath("medmnist_files.json").read_text(encoding="utf-8")
+    text = (
+        resources.files("medlens.data").joinpath("medmnist_files.json").read_text(encoding="utf-8")
+    )
     info: dict[str, Any] = json.loads(text)
     return info
 
@@ -98,7 +100,11 @@ def fetch_medmnist(
     actual = md5sum(part)
     if actual != entry["md5"]:
         part.unlink(missing_ok=True)
-        raise DownloadError(f"checksum mismatch for {url}: md5 {actual}, expected {entry['md5']}", path=target, fix="retry; if it persists the mirror serves a different file")
+        raise DownloadError(
+            f"checksum mismatch for {url}: md5 {actual}, expected {entry['md5']}",
+            path=target,
+            fix="retry; if it persists the mirror serves a different file",
+        )
     os.replace(part, target)
     return target
 
@@ -107,7 +113,7 @@ def _download(url: str, part: Path, *, timeout: float, progress: Progress | None
     have = part.stat().st_size if part.exists() else 0
     request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - http(s) URLs from our table or the user
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             status = getattr(response, "status", 200)
             if status == 200 and have:
                 have = 0  # server ignored the Range header: start over
@@ -123,4 +129,8 @@ def _download(url: str, part: Path, *, timeout: float, progress: Progress | None
             return
         raise DownloadError(f"download of {url} failed: HTTP {err.code}", path=part) from err
     except (urllib.error.URLError, OSError, TimeoutError) as err:
-        raise DownloadError(f"download of {url} failed ({err}); the partial file is kept for resuming", path=part, fix="retry when the network is back, or pass a local copy") from err
+        raise DownloadError(
+            f"download of {url} failed ({err}); the partial file is kept for resuming",
+            path=part,
+            fix="retry when the network is back, or pass a local copy",
+        ) from err

@@ -22,7 +22,9 @@ def _patient_strata(manifest: Manifest) -> dict[str, str]:
     return {pid: counts.most_common(1)[0][0] for pid, counts in per_patient.items()}
 
 
-def patient_split(manifest: Manifest, *, val: float = 0.15, test: float = 0.15, seed: int = 0) -> Manifest:
+def patient_split(
+    manifest: Manifest, *, val: float = 0.15, test: float = 0.15, seed: int = 0
+) -> Manifest:
     """Assign ``split`` so that every patient is in exactly one split, stratified by label.
 
     Example:
@@ -42,8 +44,8 @@ def patient_split(manifest: Manifest, *, val: float = 0.15, test: float = 0.15, 
         patients = by_stratum[stratum]
         rng.shuffle(patients)
         n = len(patients)
-        n_test = int(round(n * test))
-        n_val = int(round(n * val))
+        n_test = round(n * test)
+        n_val = round(n * val)
         if n >= 3:  # every split gets each class when the class has enough patients
             n_test, n_val = max(n_test, 1 if test else 0), max(n_val, 1 if val else 0)
         for i, pid in enumerate(patients):
@@ -80,7 +82,9 @@ class LeakageReport:
 
     shared_patients: dict[str, list[str]] = field(default_factory=dict)
     shared_studies: dict[str, list[str]] = field(default_factory=dict)
-    duplicates: list[tuple[str, str, str, str]] = field(default_factory=list)  # (split, path, split, path)
+    duplicates: list[tuple[str, str, str, str]] = field(
+        default_factory=list
+    )  # (split, path, split, path)
 
     @property
     def ok(self) -> bool:
@@ -89,9 +93,13 @@ class LeakageReport:
     def problems(self) -> list[str]:
         out = []
         for pair, ids in self.shared_patients.items():
-            out.append(f"{len(ids)} patient(s) in both {pair}: {', '.join(ids[:5])}{' ...' if len(ids) > 5 else ''}")
+            out.append(
+                f"{len(ids)} patient(s) in both {pair}: {', '.join(ids[:5])}{' ...' if len(ids) > 5 else ''}"
+            )
         for pair, ids in self.shared_studies.items():
-            out.append(f"{len(ids)} study(ies) in both {pair}: {', '.join(ids[:5])}{' ...' if len(ids) > 5 else ''}")
+            out.append(
+                f"{len(ids)} study(ies) in both {pair}: {', '.join(ids[:5])}{' ...' if len(ids) > 5 else ''}"
+            )
         for s1, p1, s2, p2 in self.duplicates[:10]:
             out.append(f"identical pixels: {p1} ({s1}) == {p2} ({s2})")
         if len(self.duplicates) > 10:
@@ -113,7 +121,9 @@ def _shared(manifest: Manifest, column: str) -> dict[str, list[str]]:
     return shared
 
 
-def check_leakage(manifest: Manifest, pixel_hash: Callable[[dict[str, str]], str] | None = None) -> LeakageReport:
+def check_leakage(
+    manifest: Manifest, pixel_hash: Callable[[dict[str, str]], str] | None = None
+) -> LeakageReport:
     """Find patients/studies shared between splits and, with ``pixel_hash``, identical images.
 
     ``pixel_hash(row)`` returns a digest of the decoded pixels (see :func:`array_digest`).

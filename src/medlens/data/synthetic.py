@@ -33,12 +33,16 @@ def _grid(shape: tuple[int, ...]) -> list[Array]:
     return [np.linspace(-1.0, 1.0, n, dtype=np.float32) for n in shape]
 
 
-def _ellipse(shape: tuple[int, int], center: tuple[float, float], radii: tuple[float, float]) -> Array:
+def _ellipse(
+    shape: tuple[int, int], center: tuple[float, float], radii: tuple[float, float]
+) -> Array:
     yy, xx = np.meshgrid(*_grid(shape), indexing="ij")
     return ((yy - center[0]) / radii[0]) ** 2 + ((xx - center[1]) / radii[1]) ** 2 <= 1.0
 
 
-def chest_phantom(seed: int, index: int = 0, *, size: int = 128, nodule: bool | None = None) -> PhantomSample:
+def chest_phantom(
+    seed: int, index: int = 0, *, size: int = 128, nodule: bool | None = None
+) -> PhantomSample:
     """A frontal chest-radiograph-like image: body, two lung fields, ribs, heart, optional nodules.
 
     Brighter means denser (as on a displayed radiograph). Label 1 means "nodule present".
@@ -71,7 +75,9 @@ def chest_phantom(seed: int, index: int = 0, *, size: int = 128, nodule: bool | 
         for _ in range(int(rng.integers(1, 3))):
             cy, cx = candidates[rng.integers(len(candidates))]
             radius = rng.uniform(0.025, 0.05) * size
-            disc = (np.arange(size)[:, None] - cy) ** 2 + (np.arange(size)[None, :] - cx) ** 2 <= radius**2
+            disc = (np.arange(size)[:, None] - cy) ** 2 + (
+                np.arange(size)[None, :] - cx
+            ) ** 2 <= radius**2
             img[disc] += 0.3
             mask[disc] = 1
             ys, xs = np.nonzero(disc)
@@ -86,7 +92,9 @@ def chest_phantom(seed: int, index: int = 0, *, size: int = 128, nodule: bool | 
     )
 
 
-def ct_phantom(seed: int, index: int = 0, *, size: int = 48, lesion: bool | None = None) -> PhantomSample:
+def ct_phantom(
+    seed: int, index: int = 0, *, size: int = 48, lesion: bool | None = None
+) -> PhantomSample:
     """A CT-like abdominal volume in HU ``(1, D, H, W)`` with an organ label map as ``mask``.
 
     Labels: 1 body, 2 liver, 3 kidneys, 4 spine, 5 lesion (hypodense, in the liver when present).
@@ -97,7 +105,9 @@ def ct_phantom(seed: int, index: int = 0, *, size: int = 48, lesion: bool | None
     labels = np.zeros(shape, dtype=np.uint8)
 
     def ellipsoid(c: tuple[float, float, float], r: tuple[float, float, float]) -> Array:
-        return ((zz - c[0]) / r[0]) ** 2 + ((yy - c[1]) / r[1]) ** 2 + ((xx - c[2]) / r[2]) ** 2 <= 1.0
+        return ((zz - c[0]) / r[0]) ** 2 + ((yy - c[1]) / r[1]) ** 2 + (
+            (xx - c[2]) / r[2]
+        ) ** 2 <= 1.0
 
     labels[ellipsoid((0, 0, 0), (0.95, 0.7 + 0.05 * rng.random(), 0.9))] = 1
     liver = ellipsoid((0.0, -0.1, -0.35 + 0.05 * rng.standard_normal()), (0.5, 0.35, 0.3))
@@ -139,7 +149,8 @@ class PhantomDataset:
 
 def chest_dataset(n: int, *, size: int = 64, seed: int = 0) -> PhantomDataset:
     """``n`` chest phantoms; every third patient contributes two images with the same label."""
-    samples, pids = [], []
+    samples: list[PhantomSample] = []
+    pids: list[str] = []
     patient = 0
     while len(samples) < n:
         label = bool(np.random.default_rng([seed, patient, 7]).random() < 0.5)
@@ -185,4 +196,5 @@ def rotation_matrix(degrees_xyz: tuple[float, float, float]) -> Array:
     rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
     ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
     rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
-    return rz @ ry @ rx
+    out: Array = rz @ ry @ rx
+    return out

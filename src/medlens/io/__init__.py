@@ -152,7 +152,9 @@ def read_image(
     else:
         kind = detect_format(path)
         if selector is not None and kind != "npz":
-            raise ConfigError(f"'#{selector}' selects a sample of a .npz dataset, but this is {kind}", path=path)
+            raise ConfigError(
+                f"'#{selector}' selects a sample of a .npz dataset, but this is {kind}", path=path
+            )
         readers: dict[str, Callable[[Path], MedicalImage]] = {
             "dicom": read_dicom_file,
             "nifti": read_nifti,

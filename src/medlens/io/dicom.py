@@ -180,8 +180,12 @@ class Rescale:
 def frame_rescales(ds: Dataset) -> list[Rescale]:
     """Per-frame rescale (enhanced multi-frame functional groups, or the top-level tags)."""
     frames = int(_float(ds.get("NumberOfFrames"), 1) or 1)
-    top = Rescale(_float(ds.get("RescaleSlope"), 1.0) or 1.0, _float(ds.get("RescaleIntercept"), 0.0) or 0.0)
-    shared = _functional_item(ds.get("SharedFunctionalGroupsSequence"), 0, "PixelValueTransformationSequence")
+    top = Rescale(
+        _float(ds.get("RescaleSlope"), 1.0) or 1.0, _float(ds.get("RescaleIntercept"), 0.0) or 0.0
+    )
+    shared = _functional_item(
+        ds.get("SharedFunctionalGroupsSequence"), 0, "PixelValueTransformationSequence"
+    )
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     out = []
     for i in range(frames):
@@ -210,8 +214,10 @@ def apply_rescale(values: NDArray[Any], rescales: Sequence[Rescale]) -> NDArray[
     slopes = np.asarray([r.slope for r in rescales])
     intercepts = np.asarray([r.intercept for r in rescales])
     shape = (-1,) + (1,) * (values.ndim - 1)
-    if values.dtype.kind in "iu" and np.all(slopes == np.round(slopes)) and np.all(
-        intercepts == np.round(intercepts)
+    if (
+        values.dtype.kind in "iu"
+        and np.all(slopes == np.round(slopes))
+        and np.all(intercepts == np.round(intercepts))
     ):
         out = values.astype(np.int64) * slopes.astype(np.int64).reshape(shape)
         out += intercepts.astype(np.int64).reshape(shape)
@@ -219,8 +225,12 @@ def apply_rescale(values: NDArray[Any], rescales: Sequence[Rescale]) -> NDArray[
             info = np.iinfo(dtype)
             if out.size == 0 or (out.min() >= info.min and out.max() <= info.max):
                 return out.astype(dtype)
-        return out
-    return (values * slopes.reshape(shape) + intercepts.reshape(shape)).astype(np.float32)
+        wide: NDArray[Any] = out
+        return wide
+    scaled: NDArray[Any] = (values * slopes.reshape(shape) + intercepts.reshape(shape)).astype(
+        np.float32
+    )
+    return scaled
 
 
 def _photometric(ds: Dataset) -> str:
@@ -232,7 +242,7 @@ def decoded_values(ds: Dataset, path: Path) -> NDArray[Any]:
     arr = _decode(ds, path)
     photometric = _photometric(ds)
     if photometric == "PALETTE COLOR":
-        from pydicom.pixels import apply_color_lut
+        from pydicom.pixels.processing import apply_color_lut
 
         return np.asarray(apply_color_lut(arr, ds))
     if photometric == "MONOCHROME1":
@@ -300,7 +310,11 @@ def plane_geometry(ds: Dataset, frame: int | None = None) -> PlaneGeometry | Non
         per = ds.get("PerFrameFunctionalGroupsSequence")
         shared = ds.get("SharedFunctionalGroupsSequence")
         for seq, idx in ((per, frame), (shared, 0)):
-            for name in ("PlanePositionSequence", "PlaneOrientationSequence", "PixelMeasuresSequence"):
+            for name in (
+                "PlanePositionSequence",
+                "PlaneOrientationSequence",
+                "PixelMeasuresSequence",
+            ):
                 item = _functional_item(seq, idx, name)
                 if item is not None:
                     sources.insert(0, item)
@@ -312,10 +326,19 @@ def plane_geometry(ds: Dataset, frame: int | None = None) -> PlaneGeometry | Non
     if ipp is None or iop is None:
         return None
     row_dir, col_dir = iop[:3], iop[3:]
-    if not (np.isclose(np.linalg.norm(row_dir), 1, atol=1e-2) and np.isclose(np.linalg.norm(col_dir), 1, atol=1e-2)):
+    if not (
+        np.isclose(np.linalg.norm(row_dir), 1, atol=1e-2)
+        and np.isclose(np.linalg.norm(col_dir), 1, atol=1e-2)
+    ):
         return None
-    ps = (float(spacing[0]), float(spacing[1])) if spacing is not None and np.all(spacing > 0) else (1.0, 1.0)
-    return PlaneGeometry(ipp, row_dir / np.linalg.norm(row_dir), col_dir / np.linalg.norm(col_dir), ps)
+    ps = (
+        (float(spacing[0]), float(spacing[1]))
+        if spacing is not None and np.all(spacing > 0)
+        else (1.0, 1.0)
+    )
+    return PlaneGeometry(
+        ipp, row_dir / np.linalg.norm(row_dir), col_dir / np.linalg.norm(col_dir), ps
+    )
 
 
 def projection_spacing(ds: Dataset) -> tuple[float, float]:
@@ -354,8 +377,13 @@ def read_dicom_file(path: str | Path) -> MedicalImage:
 
 def _interpret(ds: Dataset, path: Path) -> MedicalImage:
     file_meta = getattr(ds, "file_meta", None)
-    if file_meta is not None and str(file_meta.get("MediaStorageSOPClassUID", "")) == _DICOMDIR_SOP_CLASS:
-        raise UnsupportedFormatError("this is a DICOMDIR index, not an image", path=path, fix="pass the folder instead")
+    if (
+        file_meta is not None
+        and str(file_meta.get("MediaStorageSOPClassUID", "")) == _DICOMDIR_SOP_CLASS
+    ):
+        raise UnsupportedFormatError(
+            "this is a DICOMDIR index, not an image", path=path, fix="pass the folder instead"
+        )
     values, meta = pixel_values(ds, path)
     n_frames = values.shape[0]
     if n_frames > 1:
@@ -367,4 +395,10 @@ def _interpret(ds: Dataset, path: Path) -> MedicalImage:
     if geom is None:
         return MedicalImage(array, spacing=projection_spacing(ds), meta=meta)
     direction = np.stack([geom.col_dir, geom.row_dir, np.cross(geom.col_dir, geom.row_dir)], axis=1)
-    return MedicalImage(array, spacing=geom.pixel_spacing, origin=tuple(geom.position), direction=direction, meta=meta)
+    return MedicalImage(
+        array,
+        spacing=geom.pixel_spacing,
+        origin=tuple(geom.position),
+        direction=direction,
+        meta=meta,
+    )

@@ -97,7 +97,11 @@ def _scan(folder: Path, *, with_pixels: bool) -> tuple[dict[str, SeriesInfo], di
 
 
 def _add_to_series(
-    series: dict[str, SeriesInfo], datasets: dict[Path, Dataset], path: Path, ds: Dataset, with_pixels: bool
+    series: dict[str, SeriesInfo],
+    datasets: dict[Path, Dataset],
+    path: Path,
+    ds: Dataset,
+    with_pixels: bool,
 ) -> None:
     if "Rows" not in ds or (with_pixels and "PixelData" not in ds and "FloatPixelData" not in ds):
         return  # reports, presentation states, DICOMDIR: not images
@@ -204,7 +208,9 @@ def read_dicom_series(
             direction=direction,
             meta=meta,
         )
-    return assemble_volume(planes, frames, meta, source=folder, resample_irregular=resample_irregular)
+    return assemble_volume(
+        planes, frames, meta, source=folder, resample_irregular=resample_irregular
+    )
 
 
 def volume_from_frames(
@@ -222,8 +228,12 @@ def volume_from_frames(
             log.info("%s: frames kept in file order (%s)", path, err)
     # Cine loops, SEG segments and frames without positions: keep file order, claim no geometry.
     row_spacing, col_spacing = projection_spacing(ds)
-    meta = meta.replace(extra={**meta.extra, "frame_axis": "frames in file order, no slice geometry"})
-    return MedicalImage(to_channels_first(values), spacing=(1.0, row_spacing, col_spacing), meta=meta)
+    meta = meta.replace(
+        extra={**meta.extra, "frame_axis": "frames in file order, no slice geometry"}
+    )
+    return MedicalImage(
+        to_channels_first(values), spacing=(1.0, row_spacing, col_spacing), meta=meta
+    )
 
 
 def assemble_volume(
@@ -238,13 +248,18 @@ def assemble_volume(
     ref = planes[0]
     shape = frames[0].shape
     for plane, frame in zip(planes, frames, strict=True):
-        if not (np.allclose(plane.row_dir, ref.row_dir, atol=1e-3) and np.allclose(plane.col_dir, ref.col_dir, atol=1e-3)):
+        if not (
+            np.allclose(plane.row_dir, ref.row_dir, atol=1e-3)
+            and np.allclose(plane.col_dir, ref.col_dir, atol=1e-3)
+        ):
             raise DicomSeriesError(
                 "slices have different orientations (a localizer or a multi-planar series?)",
                 path=source,
                 fix="split the series by ImageOrientationPatient before reading it",
             )
-        if frame.shape != shape or not np.allclose(plane.pixel_spacing, ref.pixel_spacing, rtol=1e-3):
+        if frame.shape != shape or not np.allclose(
+            plane.pixel_spacing, ref.pixel_spacing, rtol=1e-3
+        ):
             raise DicomSeriesError(
                 f"slices differ in size or pixel spacing ({frame.shape} vs {shape})", path=source
             )
@@ -266,7 +281,12 @@ def assemble_volume(
     uneven = bool(np.max(np.abs(gaps - step)) > _REL_SPACING_TOLERANCE * step)
     lateral = (positions - positions[0]) - np.outer(z - z[0], normal)
     lateral_px = np.abs(
-        np.stack([lateral @ ref.col_dir / ref.pixel_spacing[0], lateral @ ref.row_dir / ref.pixel_spacing[1]])
+        np.stack(
+            [
+                lateral @ ref.col_dir / ref.pixel_spacing[0],
+                lateral @ ref.row_dir / ref.pixel_spacing[1],
+            ]
+        )
     )
     tilted = bool(lateral_px.max() > _TILT_TOLERANCE_PIXELS)
     volume = np.stack([frames[i] for i in order])
@@ -296,7 +316,11 @@ def assemble_volume(
 
 
 def _describe_irregularity(
-    gaps: NDArray[np.float64], lateral: NDArray[np.float64], z: NDArray[np.float64], uneven: bool, tilted: bool
+    gaps: NDArray[np.float64],
+    lateral: NDArray[np.float64],
+    z: NDArray[np.float64],
+    uneven: bool,
+    tilted: bool,
 ) -> str:
     parts = []
     if uneven:
@@ -321,7 +345,10 @@ def _regularise(
     if tilted:
         fill = float(out.min())
         for k in range(out.shape[0]):
-            shift = [-(lateral[k] @ ref.col_dir) / ref.pixel_spacing[0], -(lateral[k] @ ref.row_dir) / ref.pixel_spacing[1]]
+            shift = [
+                -(lateral[k] @ ref.col_dir) / ref.pixel_spacing[0],
+                -(lateral[k] @ ref.row_dir) / ref.pixel_spacing[1],
+            ]
             shift += [0.0] * (out.ndim - 3)  # colour samples are not shifted
             out[k] = ndimage.shift(out[k], shift, order=1, mode="constant", cval=fill)
     if uneven:

@@ -27,10 +27,7 @@ def read_itk(path: str | Path) -> MedicalImage:
     nd = img.GetDimension()
     if nd not in (2, 3):
         raise DataError(f"{nd}D ITK images are not supported (2D or 3D expected)", path=path)
-    if img.GetNumberOfComponentsPerPixel() > 1:
-        array = np.moveaxis(array, -1, 0)
-    else:
-        array = array[None]
+    array = np.moveaxis(array, -1, 0) if img.GetNumberOfComponentsPerPixel() > 1 else array[None]
     itk_dir = np.asarray(img.GetDirection(), dtype=np.float64).reshape(nd, nd)
     direction = np.eye(3)
     direction[:nd, :nd] = itk_dir[:, ::-1]

@@ -55,7 +55,9 @@ def _channels_first(data: NDArray[Any], path: Path) -> NDArray[Any]:
         return data[None]
     if data.ndim == 4:
         return np.moveaxis(data, -1, 0)
-    raise DataError(f"NIfTI data has {data.ndim} dimensions {data.shape}; expected 2 to 4", path=path)
+    raise DataError(
+        f"NIfTI data has {data.ndim} dimensions {data.shape}; expected 2 to 4", path=path
+    )
 
 
 def _meta_from_extensions(nii: Any, path: Path) -> ImageMeta:

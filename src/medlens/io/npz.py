@@ -21,7 +21,9 @@ def _open(path: Path) -> Any:
     try:
         return np.load(path, allow_pickle=False)
     except Exception as err:  # zipfile.BadZipFile, ValueError, OSError, EOFError...
-        raise DataError(f"corrupt or unreadable .npz file ({type(err).__name__}: {err})", path=path) from err
+        raise DataError(
+            f"corrupt or unreadable .npz file ({type(err).__name__}: {err})", path=path
+        ) from err
 
 
 def is_medmnist(path: str | Path) -> bool:
@@ -65,7 +67,9 @@ def read_npz(path: str | Path, selector: str | None = None) -> MedicalImage:
                     meta=meta.replace(source=str(path)),
                 )
             except (ValueError, KeyError) as err:
-                raise DataError(f"medlens .npz with inconsistent content ({err})", path=path) from err
+                raise DataError(
+                    f"medlens .npz with inconsistent content ({err})", path=path
+                ) from err
     if selector is None:
         raise DataError(
             "this .npz is a dataset, not one image",
@@ -81,16 +85,15 @@ def read_npz(path: str | Path, selector: str | None = None) -> MedicalImage:
         index = int(index_text)
         item = images[index]
     except (ValueError, IndexError) as err:
-        raise DataError(f"bad selector {selector!r}: index must be 0..{len(images) - 1}", path=path) from err
+        raise DataError(
+            f"bad selector {selector!r}: index must be 0..{len(images) - 1}", path=path
+        ) from err
     return medmnist_image(item, source=f"{path}#{selector}")
 
 
 def medmnist_image(item: NDArray[Any], source: str) -> MedicalImage:
     """One MedMNIST sample as a MedicalImage: (H, W), (H, W, 3) or (D, H, W)."""
-    if item.ndim == 3 and item.shape[-1] == 3:
-        array = np.moveaxis(item, -1, 0)
-    else:
-        array = item[None]
+    array = np.moveaxis(item, -1, 0) if item.ndim == 3 and item.shape[-1] == 3 else item[None]
     return MedicalImage(array, meta=ImageMeta(modality="OT", source=source))
 
 
@@ -119,7 +122,9 @@ def read_medmnist(path: str | Path) -> dict[str, MedMNISTSplit]:
             try:
                 images, labels = data[f"{split}_images"], data[f"{split}_labels"]
             except Exception as err:
-                raise DataError(f"cannot read split {split!r} ({type(err).__name__}: {err})", path=path) from err
+                raise DataError(
+                    f"cannot read split {split!r} ({type(err).__name__}: {err})", path=path
+                ) from err
             if labels.ndim == 1:
                 labels = labels[:, None]
             if images.shape[0] != labels.shape[0] or images.ndim not in (3, 4):

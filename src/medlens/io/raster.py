@@ -23,7 +23,13 @@ from medlens.io.image import ImageMeta, MedicalImage
 log = logging.getLogger(__name__)
 
 MAX_PIXELS = 256 * 1024 * 1024  # larger images are refused as probable decompression bombs
-_MODE_DTYPES = {"I;16": np.uint16, "I;16B": np.uint16, "I;16L": np.uint16, "I": np.int32, "F": np.float32}
+_MODE_DTYPES = {
+    "I;16": np.uint16,
+    "I;16B": np.uint16,
+    "I;16L": np.uint16,
+    "I": np.int32,
+    "F": np.float32,
+}
 _GEOMETRY_KEY = "medlens"
 _SIXTEEN_BIT_FORMATS = {".png", ".tif", ".tiff"}
 
@@ -71,7 +77,9 @@ def read_raster(path: str | Path) -> MedicalImage:
     except Exception as err:  # Pillow raises OSError/SyntaxError/ValueError... on corrupt files
         if path.suffix.lower() in (".tif", ".tiff"):
             return _read_tiff_fallback(path, err)
-        raise DataError(f"corrupt or unsupported raster image ({type(err).__name__}: {err})", path=path) from err
+        raise DataError(
+            f"corrupt or unsupported raster image ({type(err).__name__}: {err})", path=path
+        ) from err
     if len({f.shape for f in frames}) != 1:
         frames = frames[:1]
     if len(frames) == 1:
@@ -93,7 +101,7 @@ def _read_tiff_fallback(path: Path, first_error: Exception) -> MedicalImage:
     return _with_geometry(_to_channels_first(data) if data.ndim <= 3 else data, {}, path)
 
 
-def _with_geometry(array: NDArray[Any], info: dict[str, Any], path: Path) -> MedicalImage:
+def _with_geometry(array: NDArray[Any], info: dict[Any, Any], path: Path) -> MedicalImage:
     text = info.get(_GEOMETRY_KEY)
     if isinstance(text, str):
         try:
@@ -110,7 +118,12 @@ def _with_geometry(array: NDArray[Any], info: dict[str, Any], path: Path) -> Med
             log.warning("%s: ignoring unreadable medlens geometry chunk", path)
     spacing = (1.0,) * (array.ndim - 1)
     dpi = info.get("dpi")
-    if array.ndim == 3 and isinstance(dpi, tuple) and len(dpi) == 2 and all(float(d) > 1 for d in dpi):
+    if (
+        array.ndim == 3
+        and isinstance(dpi, tuple)
+        and len(dpi) == 2
+        and all(float(d) > 1 for d in dpi)
+    ):
         spacing = (25.4 / float(dpi[1]), 25.4 / float(dpi[0]))  # (rows, columns) in mm
     return MedicalImage(array, spacing=spacing, meta=ImageMeta(modality="OT", source=str(path)))
 
@@ -124,7 +137,9 @@ def apply_window(values: NDArray[Any], center: float, width: float) -> NDArray[n
     return (np.clip(scaled, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
-def _displayable(image: MedicalImage, suffix: str, window: tuple[float, float] | None) -> NDArray[Any]:
+def _displayable(
+    image: MedicalImage, suffix: str, window: tuple[float, float] | None
+) -> NDArray[Any]:
     """(rows, cols[, 3]) array in a dtype the format stores."""
     array = image.array
     if window is not None:

@@ -78,11 +78,15 @@ class BatchAugment:
         if self.spatial_dims not in (2, 3):
             raise ConfigError(f"spatial_dims must be 2 or 3, got {self.spatial_dims}")
         if any(a < 0 or a >= self.spatial_dims for a in self.flip_axes):
-            raise ConfigError(f"flip_axes {self.flip_axes} must be spatial axes 0..{self.spatial_dims - 1}")
+            raise ConfigError(
+                f"flip_axes {self.flip_axes} must be spatial axes 0..{self.spatial_dims - 1}"
+            )
 
     @property
     def has_spatial(self) -> bool:
-        return bool(self.flip_axes or self.rotate_deg or self.scale or self.translate or self.elastic_alpha)
+        return bool(
+            self.flip_axes or self.rotate_deg or self.scale or self.translate or self.elastic_alpha
+        )
 
     def __call__(
         self,
@@ -93,14 +97,20 @@ class BatchAugment:
         generator: torch.Generator,
     ) -> AugmentedBatch:
         if images.ndim != self.spatial_dims + 2:
-            raise ConfigError(f"expected a (B, C, {'D, ' if self.spatial_dims == 3 else ''}H, W) batch, got {tuple(images.shape)}")
+            raise ConfigError(
+                f"expected a (B, C, {'D, ' if self.spatial_dims == 3 else ''}H, W) batch, got {tuple(images.shape)}"
+            )
         batch = images.shape[0]
         out_masks, out_boxes = masks, boxes
         if self.has_spatial:
             grid = self._sampling_grid(batch, images.shape[2:], generator, images.dtype)
-            images = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+            images = F.grid_sample(
+                images, grid, mode="bilinear", padding_mode="border", align_corners=False
+            )
             if masks is not None:
-                warped = F.grid_sample(masks.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
+                warped = F.grid_sample(
+                    masks.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False
+                )
                 out_masks = warped.to(masks.dtype)
             if boxes is not None:
                 out_boxes = _warp_boxes(boxes, grid, images.shape[2:])
@@ -108,7 +118,9 @@ class BatchAugment:
         return AugmentedBatch(images, out_masks, out_boxes)
 
     # -- spatial ----------------------------------------------------------------------------------
-    def _sampling_grid(self, batch: int, size: torch.Size, gen: torch.Generator, dtype: torch.dtype) -> Tensor:
+    def _sampling_grid(
+        self, batch: int, size: torch.Size, gen: torch.Generator, dtype: torch.dtype
+    ) -> Tensor:
         nd = self.spatial_dims
         theta = torch.eye(nd + 1).repeat(batch, 1, 1)[:, :nd, :]
         active = torch.rand(batch, generator=gen) < self.prob
@@ -120,10 +132,15 @@ class BatchAugment:
         if self.rotate_deg or self.scale or self.translate:
             affine = self._random_affine(batch, gen)
             affine[~active] = torch.eye(nd + 1)[:nd]
-            theta = affine[:, :, :nd] @ theta + torch.cat([torch.zeros(batch, nd, nd), affine[:, :, nd:]], 2)
+            theta = affine[:, :, :nd] @ theta + torch.cat(
+                [torch.zeros(batch, nd, nd), affine[:, :, nd:]], 2
+            )
         grid = F.affine_grid(theta, [batch, 1, *size], align_corners=False)
         if self.elastic_alpha:
-            coarse = torch.randn(batch, nd, *([self.elastic_grid] * nd), generator=gen) * self.elastic_alpha
+            coarse = (
+                torch.randn(batch, nd, *([self.elastic_grid] * nd), generator=gen)
+                * self.elastic_alpha
+            )
             coarse = coarse * active.view(-1, *([1] * (nd + 1)))
             mode = "bilinear" if nd == 2 else "trilinear"
             field_ = F.interpolate(coarse, size=tuple(size), mode=mode, align_corners=True)
@@ -132,7 +149,11 @@ class BatchAugment:
 
     def _random_affine(self, batch: int, gen: torch.Generator) -> Tensor:
         nd = self.spatial_dims
-        angles = _uniform(gen, batch * (1 if nd == 2 else 3), -self.rotate_deg, self.rotate_deg) * math.pi / 180
+        angles = (
+            _uniform(gen, batch * (1 if nd == 2 else 3), -self.rotate_deg, self.rotate_deg)
+            * math.pi
+            / 180
+        )
         if nd == 2:
             c, s = torch.cos(angles), torch.sin(angles)
             rot = torch.stack([torch.stack([c, -s], 1), torch.stack([s, c], 1)], 1)
@@ -187,7 +208,7 @@ def _gaussian_blur(images: Tensor, sigma: Tensor) -> Tensor:
     """Separable Gaussian blur with a per-sample sigma (voxels); sigma 0 leaves a sample unchanged."""
     batch, channels = images.shape[:2]
     nd = images.ndim - 2
-    radius = max(1, int(math.ceil(3 * float(sigma.max()))))
+    radius = max(1, math.ceil(3 * float(sigma.max())))
     offsets = torch.arange(-radius, radius + 1, dtype=images.dtype)
     safe = sigma.clamp_min(1e-3).to(images.dtype)[:, None]
     kernels = torch.exp(-0.5 * (offsets[None, :] / safe) ** 2)
@@ -198,7 +219,11 @@ def _gaussian_blur(images: Tensor, sigma: Tensor) -> Tensor:
     for axis in range(nd):
         shape = [batch * channels, 1] + [1] * nd
         shape[2 + axis] = kernels.shape[1]
-        out = conv(F.pad(out, _pad_spec(nd, axis, radius), mode="replicate"), kernels.view(shape), groups=batch * channels)
+        out = conv(
+            F.pad(out, _pad_spec(nd, axis, radius), mode="replicate"),
+            kernels.view(shape),
+            groups=batch * channels,
+        )
     return out.reshape(images.shape)
 
 
@@ -217,19 +242,29 @@ def _warp_boxes(boxes: list[Tensor], grid: Tensor, size: torch.Size) -> list[Ten
         if sample_boxes.numel() == 0:
             out.append(sample_boxes.clone())
             continue
-        index = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float32) for n in size], indexing="ij"))
+        index = torch.stack(
+            torch.meshgrid(*[torch.arange(n, dtype=torch.float32) for n in size], indexing="ij")
+        )
         inside = []
         for box in sample_boxes.float():
             lo, hi = box[:nd].view(-1, *([1] * nd)), box[nd:].view(-1, *([1] * nd))
             inside.append(((index >= lo) & (index < hi)).all(dim=0))
         raster = torch.stack(inside)[None].float()  # (1, N, *size)
-        warped = F.grid_sample(raster, grid[b : b + 1], mode="nearest", align_corners=False)[0] > 0.5
+        warped = (
+            F.grid_sample(raster, grid[b : b + 1], mode="nearest", align_corners=False)[0] > 0.5
+        )
         rows = []
         for mask in warped:
             coords = torch.nonzero(mask)
             if coords.numel() == 0:
                 rows.append(torch.full((2 * nd,), float("nan")))
             else:
-                rows.append(torch.cat([coords.min(0).values.float(), coords.max(0).values.float() + 1]))
-        out.append(torch.stack(rows).to(sample_boxes.dtype if sample_boxes.is_floating_point() else torch.float32))
+                rows.append(
+                    torch.cat([coords.min(0).values.float(), coords.max(0).values.float() + 1])
+                )
+        out.append(
+            torch.stack(rows).to(
+                sample_boxes.dtype if sample_boxes.is_floating_point() else torch.float32
+            )
+        )
     return out

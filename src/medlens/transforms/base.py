@@ -30,7 +30,7 @@ class Transform:
 
     def spec(self) -> dict[str, Any]:
         """JSON-ready description: ``{"name": ..., **parameters}``."""
-        params = dataclasses.asdict(self) if dataclasses.is_dataclass(self) else {}
+        params: dict[str, Any] = dataclasses.asdict(self) if dataclasses.is_dataclass(self) else {}
         return {"name": self.name, **params}
 
 

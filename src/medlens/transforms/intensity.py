@@ -26,7 +26,9 @@ WINDOW_PRESETS: dict[str, tuple[float, float]] = {
 }
 
 
-def resolve_window(preset: str | None, center: float | None, width: float | None) -> tuple[float, float]:
+def resolve_window(
+    preset: str | None, center: float | None, width: float | None
+) -> tuple[float, float]:
     """(centre, width) from a preset name or explicit numbers."""
     if preset is not None:
         if preset not in WINDOW_PRESETS:
@@ -75,7 +77,10 @@ class Window(Transform):
         if self.preset is None and self.center is None:
             center, width = image.meta.window_center, image.meta.window_width
             if center is None or not width:
-                raise ConfigError("image has no DICOM window; give a preset or centre and width", path=image.meta.source)
+                raise ConfigError(
+                    "image has no DICOM window; give a preset or centre and width",
+                    path=image.meta.source,
+                )
         else:
             center, width = resolve_window(self.preset, self.center, self.width)
         low = center - width / 2.0
@@ -117,7 +122,9 @@ class PercentileClip(Transform):
 
     def __call__(self, image: MedicalImage) -> MedicalImage:
         if not 0 <= self.lower < self.upper <= 100:
-            raise ConfigError(f"percentiles must satisfy 0 <= lower < upper <= 100, got {self.lower}, {self.upper}")
+            raise ConfigError(
+                f"percentiles must satisfy 0 <= lower < upper <= 100, got {self.lower}, {self.upper}"
+            )
         out = _float(image).copy()
         for c in range(out.shape[0]):
             lo, hi = np.percentile(out[c], [self.lower, self.upper])
@@ -155,7 +162,10 @@ class CLAHE(Transform):
 
         scaled = MinMax()(image).array
         out = np.stack(
-            [equalize_adapthist(ch, kernel_size=self.kernel_size, clip_limit=self.clip_limit) for ch in scaled]
+            [
+                equalize_adapthist(ch, kernel_size=self.kernel_size, clip_limit=self.clip_limit)
+                for ch in scaled
+            ]
         ).astype(np.float32)
         return image.with_array(out)
 
@@ -188,7 +198,7 @@ def noise_sigma(channel: NDArray[np.float32]) -> float:
     """Robust Gaussian noise estimate: MAD of neighbour differences along the last axis."""
     diffs = np.diff(channel, axis=-1).ravel()
     mad = float(np.median(np.abs(diffs - np.median(diffs))))
-    return mad / 0.6745 / np.sqrt(2.0)
+    return float(mad / 0.6745 / np.sqrt(2.0))
 
 
 @register("nlm_denoise")
@@ -207,6 +217,9 @@ class NonLocalMeans(Transform):
         for channel in _float(image):
             sigma = noise_sigma(channel)
             h = self.h if self.h is not None else 0.8 * sigma
-            kwargs: dict[str, Any] = {"patch_size": self.patch_size, "patch_distance": self.patch_distance}
+            kwargs: dict[str, Any] = {
+                "patch_size": self.patch_size,
+                "patch_distance": self.patch_distance,
+            }
             out.append(denoise_nl_means(channel, h=h, sigma=sigma, fast_mode=True, **kwargs))
         return image.with_array(np.stack(out).astype(np.float32))

@@ -29,17 +29,29 @@ _LETTER_VECTORS = {
 
 def _check_len(values: Sequence[Any], image: MedicalImage, what: str) -> None:
     if len(values) != image.spatial_dims:
-        raise ConfigError(f"{what} {tuple(values)} needs {image.spatial_dims} values for a {image.spatial_dims}D image")
+        raise ConfigError(
+            f"{what} {tuple(values)} needs {image.spatial_dims} values for a {image.spatial_dims}D image"
+        )
 
 
-def _zoom(image: MedicalImage, scale: NDArray[np.float64], offset: NDArray[np.float64], shape: tuple[int, ...], order: int) -> NDArray[Any]:
+def _zoom(
+    image: MedicalImage,
+    scale: NDArray[np.float64],
+    offset: NDArray[np.float64],
+    shape: tuple[int, ...],
+    order: int,
+) -> NDArray[Any]:
     """Sample each channel at input index ``scale * out + offset`` (anti-aliased when shrinking)."""
     out = []
     for channel in image.array:
         data = channel.astype(np.float32) if order > 0 else channel
         if order > 0 and np.any(scale > 1.5):
             data = ndimage.gaussian_filter(data, sigma=np.maximum((scale - 1) / 2, 0))
-        out.append(ndimage.affine_transform(data, scale, offset=offset, output_shape=shape, order=order, mode="nearest"))
+        out.append(
+            ndimage.affine_transform(
+                data, scale, offset=offset, output_shape=shape, order=order, mode="nearest"
+            )
+        )
     return np.stack(out)
 
 
@@ -88,21 +100,33 @@ class Resize(Transform):
         return image.with_array(array, spacing=tuple(spacing), origin=_shift_origin(image, offset))
 
 
-def _shift_origin(image: MedicalImage, index_offset: NDArray[np.float64] | Sequence[float]) -> tuple[float, float, float]:
+def _shift_origin(
+    image: MedicalImage, index_offset: NDArray[Any] | Sequence[float]
+) -> tuple[float, float, float]:
     """Origin of an image whose first voxel sits at (fractional) index ``index_offset``."""
     nd = image.spatial_dims
-    move = image.direction[:, :nd] @ (np.asarray(image.spacing) * np.asarray(index_offset, dtype=np.float64))
+    move = image.direction[:, :nd] @ (
+        np.asarray(image.spacing) * np.asarray(index_offset, dtype=np.float64)
+    )
     o = np.asarray(image.origin) + move
     return float(o[0]), float(o[1]), float(o[2])
 
 
-def crop(image: MedicalImage, starts: Sequence[int], stops: Sequence[int]) -> MedicalImage:
+def crop(
+    image: MedicalImage,
+    starts: Sequence[int] | NDArray[np.int64],
+    stops: Sequence[int] | NDArray[np.int64],
+) -> MedicalImage:
     """Crop to ``[starts, stops)`` per spatial axis, keeping world positions."""
     slices = tuple(slice(int(a), int(b)) for a, b in zip(starts, stops, strict=True))
-    return image.with_array(image.array[(slice(None), *slices)].copy(), origin=_shift_origin(image, starts))
+    return image.with_array(
+        image.array[(slice(None), *slices)].copy(), origin=_shift_origin(image, starts)
+    )
 
 
-def pad(image: MedicalImage, before: Sequence[int], after: Sequence[int], value: float | None = None) -> MedicalImage:
+def pad(
+    image: MedicalImage, before: Sequence[int], after: Sequence[int], value: float | None = None
+) -> MedicalImage:
     """Pad with ``value`` (default: the image minimum), keeping world positions."""
     fill = float(image.array.min()) if value is None else value
     widths = [(0, 0)] + [(int(b), int(a)) for b, a in zip(before, after, strict=True)]
@@ -181,7 +205,9 @@ class Reorient(Transform):
         )
 
 
-def bounding_box(mask: NDArray[Any], margin: int = 0) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+def bounding_box(
+    mask: NDArray[Any], margin: int = 0
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
     """``(starts, stops)`` of the non-zero voxels of a spatial mask, grown by ``margin``."""
     nonzero = np.argwhere(mask)
     if nonzero.size == 0:
@@ -205,9 +231,13 @@ class CropForeground(Transform):
         return crop(image, starts, stops)
 
 
-def crop_to_mask(image: MedicalImage, mask: MedicalImage, margin: int = 0) -> tuple[MedicalImage, MedicalImage]:
+def crop_to_mask(
+    image: MedicalImage, mask: MedicalImage, margin: int = 0
+) -> tuple[MedicalImage, MedicalImage]:
     """Crop an image and its mask (same grid) to the mask's bounding box plus ``margin`` voxels."""
     if mask.spatial_shape != image.spatial_shape:
-        raise DataError(f"mask shape {mask.spatial_shape} differs from image shape {image.spatial_shape}")
+        raise DataError(
+            f"mask shape {mask.spatial_shape} differs from image shape {image.spatial_shape}"
+        )
     starts, stops = bounding_box(np.any(mask.array != 0, axis=0), margin)
     return crop(image, starts, stops), crop(mask, starts, stops)
