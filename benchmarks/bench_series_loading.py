@@ -21,7 +21,7 @@ def load_medlens() -> np.ndarray:
     return read_image(SERIES).array
 
 
-def main(repeats: int = 7) -> None:
+def main(repeats: int = 15) -> None:
     # Same voxels from both, else the comparison is meaningless.
     ours, theirs = load_medlens()[0], load_sitk()
     assert ours.shape == theirs.shape
