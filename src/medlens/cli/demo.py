@@ -24,5 +24,10 @@ def run_demo(out: Path, *, offline: bool = False) -> None:
     with progress_bar("checking") as update:
         report = check_dataset(manifest, progress=update)
     render_report(report, data.path.name)
+    if report.leakage.duplicates and data.origin != "phantoms":
+        console.print(
+            "note: these pixel-identical pairs are in MedMNIST's official split; the demo keeps that "
+            "split so results stay comparable with the published tables."
+        )
     console.print(f"manifest: {manifest_path}")
     console.print("next: training and evaluation join this demo with the classification work.")

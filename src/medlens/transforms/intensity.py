@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +60,15 @@ def _float(image: MedicalImage) -> NDArray[np.float32]:
     return np.asarray(image.array, dtype=np.float32)
 
 
+def _per_channel(
+    image: MedicalImage, fn: Callable[[NDArray[np.float32]], NDArray[Any]]
+) -> MedicalImage:
+    """Apply ``fn`` to each channel (as float32) and restack."""
+    return image.with_array(
+        np.stack([np.asarray(fn(ch), dtype=np.float32) for ch in _float(image)])
+    )
+
+
 @register("window")
 @dataclass(frozen=True)
 class Window(Transform):
@@ -100,16 +110,16 @@ class ZScore(Transform):
     nonzero: bool = False
 
     def __call__(self, image: MedicalImage) -> MedicalImage:
-        out = _float(image).copy()
-        for c in range(out.shape[0]):
-            channel = out[c]
-            mask = channel != 0 if self.nonzero else np.ones(channel.shape, dtype=bool)
-            if not mask.any():
-                continue
+        return _per_channel(image, self._normalise)
+
+    def _normalise(self, channel: NDArray[np.float32]) -> NDArray[np.float32]:
+        out = channel.copy()
+        mask = channel != 0 if self.nonzero else np.ones(channel.shape, dtype=bool)
+        if mask.any():
             values = channel[mask]
             std = float(values.std())
-            channel[mask] = (values - values.mean()) / (std if std > 0 else 1.0)
-        return image.with_array(out)
+            out[mask] = (values - values.mean()) / (std if std > 0 else 1.0)
+        return out
 
 
 @register("percentile_clip")
@@ -125,11 +135,8 @@ class PercentileClip(Transform):
             raise ConfigError(
                 f"percentiles must satisfy 0 <= lower < upper <= 100, got {self.lower}, {self.upper}"
             )
-        out = _float(image).copy()
-        for c in range(out.shape[0]):
-            lo, hi = np.percentile(out[c], [self.lower, self.upper])
-            np.clip(out[c], lo, hi, out=out[c])
-        return image.with_array(out)
+        bounds = [self.lower, self.upper]
+        return _per_channel(image, lambda ch: np.clip(ch, *np.percentile(ch, bounds)))
 
 
 @register("minmax")
@@ -141,12 +148,12 @@ class MinMax(Transform):
     high: float = 1.0
 
     def __call__(self, image: MedicalImage) -> MedicalImage:
-        out = _float(image).copy()
-        for c in range(out.shape[0]):
-            vmin, vmax = float(out[c].min()), float(out[c].max())
-            scale = (self.high - self.low) / (vmax - vmin) if vmax > vmin else 0.0
-            out[c] = (out[c] - vmin) * scale + self.low
-        return image.with_array(out)
+        return _per_channel(image, self._scale)
+
+    def _scale(self, channel: NDArray[np.float32]) -> NDArray[np.float32]:
+        vmin, vmax = float(channel.min()), float(channel.max())
+        scale = (self.high - self.low) / (vmax - vmin) if vmax > vmin else 0.0
+        return (channel - vmin) * scale + self.low
 
 
 @register("clahe")
@@ -160,14 +167,12 @@ class CLAHE(Transform):
     def __call__(self, image: MedicalImage) -> MedicalImage:
         from skimage.exposure import equalize_adapthist
 
-        scaled = MinMax()(image).array
-        out = np.stack(
-            [
-                equalize_adapthist(ch, kernel_size=self.kernel_size, clip_limit=self.clip_limit)
-                for ch in scaled
-            ]
-        ).astype(np.float32)
-        return image.with_array(out)
+        return _per_channel(
+            MinMax()(image),
+            lambda ch: equalize_adapthist(
+                ch, kernel_size=self.kernel_size, clip_limit=self.clip_limit
+            ),
+        )
 
 
 @register("gaussian_denoise")
@@ -213,13 +218,10 @@ class NonLocalMeans(Transform):
     def __call__(self, image: MedicalImage) -> MedicalImage:
         from skimage.restoration import denoise_nl_means
 
-        out = []
-        for channel in _float(image):
+        def denoise(channel: NDArray[np.float32]) -> NDArray[Any]:
             sigma = noise_sigma(channel)
             h = self.h if self.h is not None else 0.8 * sigma
-            kwargs: dict[str, Any] = {
-                "patch_size": self.patch_size,
-                "patch_distance": self.patch_distance,
-            }
-            out.append(denoise_nl_means(channel, h=h, sigma=sigma, fast_mode=True, **kwargs))
-        return image.with_array(np.stack(out).astype(np.float32))
+            sizes = {"patch_size": self.patch_size, "patch_distance": self.patch_distance}
+            return np.asarray(denoise_nl_means(channel, h=h, sigma=sigma, fast_mode=True, **sizes))
+
+        return _per_channel(image, denoise)
