@@ -36,7 +36,7 @@ def data_dirs() -> list[Path]:
 
 @contextlib.contextmanager
 def progress_bar(description: str) -> Iterator[Callable[[int, int], None]]:
-    """A rich progress bar, shown only when the work takes over a second; yields ``update(done, total)``."""
+    """A transient rich progress bar on stderr (terminals only); yields ``update(done, total)``."""
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
