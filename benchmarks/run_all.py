@@ -7,9 +7,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import bench_augment, bench_cache_epoch, bench_series_loading
+from benchmarks import (
+    bench_augment,
+    bench_cache_epoch,
+    bench_classification,
+    bench_inference_latency,
+    bench_series_loading,
+    bench_training_throughput,
+    bench_transfer,
+)
 
 if __name__ == "__main__":
-    for module in (bench_series_loading, bench_cache_epoch, bench_augment):
+    quick = (bench_series_loading, bench_cache_epoch, bench_augment, bench_inference_latency)
+    # the training benchmarks last: classification quality is 3 seeds x 2 datasets x 10 minutes
+    for module in (*quick, bench_training_throughput, bench_transfer, bench_classification):
         print(f"== {module.__name__}", flush=True)
         module.main()

@@ -47,3 +47,7 @@ class ConfigError(MedlensError):
 
 class DownloadError(MedlensError):
     """A download failed or its checksum does not match."""
+
+
+class ArtifactError(MedlensError):
+    """A model artifact or checkpoint is missing files, corrupt, or from an incompatible version."""

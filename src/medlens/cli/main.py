@@ -1,4 +1,4 @@
-"""Entry point: ``medlens info | convert | data | demo``."""
+"""Entry point: ``medlens info | convert | data | plan | train | evaluate | predict | export | models | demo``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from medlens.cli import training
 from medlens.cli.common import console, err_console, mask_id, progress_bar
 from medlens.cli.data import data_app
 from medlens.cli.demo import run_demo
@@ -33,6 +34,11 @@ app = typer.Typer(
     help="medlens: CNN-based medical image analysis.",
 )
 app.add_typer(data_app, name="data")
+app.command("plan")(training.plan_command)
+app.command("train")(training.train_command)
+app.command("evaluate")(training.evaluate_command)
+app.command("predict")(training.predict_command)
+app.command("export")(training.export_command)
 _state = {"debug": False}
 
 
@@ -180,12 +186,27 @@ def convert(
 
 
 @app.command()
+def models() -> None:
+    """List the registered networks."""
+    from medlens.models import MODELS, list_models
+
+    table = Table(title="models (all 2D and 3D)")
+    table.add_column("name")
+    table.add_column("description")
+    for name in list_models():
+        doc = (MODELS.get(name).__doc__ or "").strip().splitlines()
+        table.add_row(name, doc[0] if doc else "")
+    console.print(table)
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("demo-output"),
     offline: Annotated[bool, typer.Option("--offline", help="Never try to download.")] = False,
+    budget: Annotated[str, typer.Option("--budget", help="Training budget (90s, 3m, ...).")] = "3m",
 ) -> None:
-    """The main job: prepare the demo dataset, check it and summarise it."""
-    run_demo(out, offline=offline)
+    """The main job: PneumoniaMNIST (or phantoms) -> plan -> train -> evaluate -> report."""
+    run_demo(out, offline=offline, budget_s=training.parse_duration(budget))
 
 
 def main() -> None:

@@ -33,6 +33,18 @@ def medmnist_info() -> dict[str, Any]:
     return info
 
 
+@lru_cache(maxsize=1)
+def published_results() -> dict[str, Any]:
+    """Published MedMNIST v2 test AUC / ACC per dataset and method (for side-by-side tables)."""
+    text = (
+        resources.files("medlens.data")
+        .joinpath("medmnist_published.json")
+        .read_text(encoding="utf-8")
+    )
+    results: dict[str, Any] = json.loads(text)
+    return results
+
+
 def file_name(name: str, size: int = 28) -> str:
     """``pneumoniamnist_64.npz`` (size 28 has no suffix, as in the official release)."""
     return f"{name}.npz" if size == 28 else f"{name}_{size}.npz"

@@ -6,6 +6,7 @@ from medlens.transforms.base import TRANSFORMS, Pipeline, Transform, from_spec
 from medlens.transforms.intensity import (
     CLAHE,
     WINDOW_PRESETS,
+    Channels,
     GaussianDenoise,
     MedianDenoise,
     MinMax,
@@ -31,6 +32,7 @@ __all__ = [
     "CLAHE",
     "TRANSFORMS",
     "WINDOW_PRESETS",
+    "Channels",
     "CropForeground",
     "CropOrPad",
     "GaussianDenoise",

@@ -225,3 +225,28 @@ class NonLocalMeans(Transform):
             return np.asarray(denoise_nl_means(channel, h=h, sigma=sigma, fast_mode=True, **sizes))
 
         return _per_channel(image, denoise)
+
+
+@register("channels")
+@dataclass(frozen=True)
+class Channels(Transform):
+    """Convert to ``count`` channels: colour to grey by averaging, grey to colour by repeating.
+
+    An alpha channel (4 -> 3) is dropped. Lets a dataset that mixes grey and RGB files train.
+    """
+
+    count: int = 1
+
+    def __call__(self, image: MedicalImage) -> MedicalImage:
+        array = image.array
+        have = array.shape[0]
+        if have == self.count:
+            return image
+        if have == 4 and self.count == 3:
+            return image.with_array(array[:3])
+        if self.count == 1:
+            source = array[:3] if have == 4 else array
+            return image.with_array(source.astype(np.float32).mean(axis=0, keepdims=True))
+        if have == 1:
+            return image.with_array(np.repeat(array, self.count, axis=0))
+        raise ConfigError(f"cannot convert {have} channels to {self.count}")

@@ -1,0 +1,363 @@
+"""``medlens plan | train | evaluate | predict | export``: thin shells over the library."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from medlens.cli.common import cache_dir, console, err_console, progress_bar
+from medlens.cli.sources import resolve_data
+from medlens.errors import ConfigError
+from medlens.planning import Plan, make_plan, parse_overrides, read_config
+
+BudgetOpt = Annotated[str, typer.Option("--budget", help="Training time budget: 90s, 10m, 1h.")]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", help="Override a plan field: --set lr=1e-3 (repeat).")
+]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML file of plan overrides.")]
+ModelOpt = Annotated[
+    str | None, typer.Option("--model", help="Network name (see `medlens models`).")
+]
+TaskOpt = Annotated[
+    str | None,
+    typer.Option("--task", help="binary, multiclass, multilabel or ordinal (default: inferred)."),
+]
+
+
+def parse_duration(text: str) -> float:
+    """``90s``, ``10m``, ``1.5h`` or plain seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    text = text.strip().lower()
+    try:
+        value = float(text[:-1]) * units[text[-1]] if text and text[-1] in units else float(text)
+    except ValueError:
+        raise ConfigError(f"budget {text!r}: use a duration such as 90s, 10m or 1h") from None
+    if value <= 0:
+        raise ConfigError(f"budget {text!r} must be positive")
+    return value
+
+
+def collect_overrides(sets: list[str] | None, config: Path | None) -> dict[str, Any]:
+    overrides = read_config(config) if config else {}
+    overrides.update(parse_overrides(sets or []))
+    return overrides
+
+
+def show_plan(plan: Plan) -> None:
+    table = Table(title="plan", show_header=False)
+    fp = plan.fingerprint
+    rows = [
+        (
+            "data",
+            f"{fp.get('counts')} {fp.get('spatial_dims')}D, median shape {fp.get('median_shape')}, "
+            f"channels {fp.get('channels')}, classes {fp.get('class_counts')}",
+        ),
+        (
+            "machine",
+            f"{plan.hardware.get('cpu_cores')} cores, GPU {plan.hardware.get('gpu') or 'none'}",
+        ),
+        ("model", f"{plan.model} {plan.model_options}"),
+        ("input", f"{plan.input_size}, batch {plan.batch_size}"),
+        (
+            "schedule",
+            f"{plan.epochs} epochs, {plan.optimizer} lr {plan.lr}, {plan.schedule}, "
+            f"warm-up {plan.warmup_epochs} epochs, patience {plan.patience}",
+        ),
+        (
+            "loss",
+            f"{plan.loss}, class weights {plan.class_weights}, smoothing {plan.label_smoothing}",
+        ),
+        ("estimate", f"{plan.estimates.get('train_s')} s for a {plan.budget_s:.0f} s budget"),
+    ]
+    for key, value in rows:
+        table.add_row(key, str(value))
+    console.print(table)
+    for note in plan.notes:
+        console.print(f"[yellow]note:[/] {note}")
+
+
+def plan_command(
+    data: Annotated[
+        str, typer.Argument(help="Dataset: .npz, class folder, manifest CSV, medmnist:NAME.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Where to write the plan.")] = Path(
+        "plan.json"
+    ),
+    budget: BudgetOpt = "10m",
+    model: ModelOpt = None,
+    task: TaskOpt = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    sets: SetOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Fingerprint DATA and this machine and write a training plan (JSON) for the time budget."""
+    from medlens.data.labels import infer_labels
+    from medlens.training.run import ensure_splits
+
+    manifest = resolve_data(data)
+    labels = infer_labels(manifest, task=task)
+    manifest, _ = ensure_splits(manifest, seed=seed)
+    plan = make_plan(manifest, labels, budget_s=parse_duration(budget), model=model, seed=seed)
+    overrides = collect_overrides(sets, config)
+    if overrides:
+        plan = plan.with_overrides(overrides)
+    plan.save(out)
+    show_plan(plan)
+    console.print(f"wrote {out}")
+
+
+@contextmanager
+def training_progress() -> Iterator[Any]:
+    """Rich bars for epochs and steps with live loss and validation AUC."""
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=err_console, disable=not err_console.is_terminal) as bar:
+        epochs = bar.add_task("epochs", total=None, info="")
+        steps = bar.add_task("steps", total=None, info="")
+
+        def on_event(kind: str, info: dict[str, Any]) -> None:
+            if kind == "epoch_start":
+                bar.update(epochs, total=info["epochs"], completed=info["epoch"])
+                bar.reset(steps, total=info["steps"], info="")
+            elif kind == "step":
+                bar.update(steps, completed=info["step"], info=f"loss {info['loss']:.4f}")
+            elif kind == "epoch_end":
+                bar.update(
+                    epochs,
+                    completed=info["epoch"],
+                    info=f"train {info['train_loss']:.4f} val {info['val_loss']:.4f} "
+                    f"AUC {info['val_auc']:.4f}{' *' if info['best'] else ''}",
+                )
+
+        yield on_event
+
+
+def headline_table(metrics: dict[str, Any], title: str) -> Table:
+    table = Table(title=title)
+    for col in ("metric", "test", "95% CI", "validation"):
+        table.add_column(col, justify="right")
+    test, ci, val = metrics["test"], metrics["test"].get("ci", {}), metrics.get("val", {})
+    for key in ("auc", "accuracy", "sensitivity", "specificity", "f1", "pr_auc"):
+        if key in test:
+            low_high = ci.get(key)
+            table.add_row(
+                key,
+                f"{test[key]:.3f}",
+                f"{low_high[0]:.3f}-{low_high[1]:.3f}" if low_high else "",
+                f"{val[key]:.3f}" if key in val else "",
+            )
+    return table
+
+
+def train_command(
+    data: Annotated[
+        str, typer.Argument(help="Dataset: .npz, class folder, manifest CSV, medmnist:NAME.")
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", help="Run folder (model/, metrics.json, report.html).")
+    ],
+    plan_file: Annotated[
+        Path | None, typer.Option("--plan", help="A plan from `medlens plan`.")
+    ] = None,
+    budget: BudgetOpt = "10m",
+    model: ModelOpt = None,
+    task: TaskOpt = None,
+    folds: Annotated[
+        int, typer.Option("--folds", help="k-fold cross-validation; the k models form an ensemble.")
+    ] = 0,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an interrupted run in --out.")
+    ] = False,
+    seed: Annotated[int, typer.Option(help="Random seed (recorded in the plan).")] = 0,
+    device: Annotated[
+        str | None, typer.Option(help="cpu or cuda (default: cuda when present).")
+    ] = None,
+    sensitivity: Annotated[
+        float | None,
+        typer.Option(
+            help="Operating point: the threshold reaching this validation sensitivity (default: Youden's J)."
+        ),
+    ] = None,
+    tta: Annotated[
+        bool, typer.Option("--tta", help="Test-time augmentation (flips of the last axis).")
+    ] = False,
+    init_from: Annotated[
+        Path | None,
+        typer.Option(
+            "--init-from", help="Initialise the backbone from a medlens model (transfer learning)."
+        ),
+    ] = None,
+    freeze_backbone: Annotated[
+        bool, typer.Option("--freeze-backbone", help="With --init-from: train only the head.")
+    ] = False,
+    sets: SetOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Train a classifier on DATA, evaluate it on the test split, and save the model artifact."""
+    from medlens.training.run import train_run
+
+    if folds == 1 or folds < 0:
+        raise ConfigError("--folds must be 0 (no cross-validation) or at least 2")
+    manifest = resolve_data(data)
+    overrides = collect_overrides(sets, config)
+    if init_from is not None:
+        overrides.update(init_from=str(init_from), freeze_backbone=freeze_backbone)
+    plan = Plan.load(plan_file) if plan_file else None
+    if plan is not None:
+        plan.seed = seed if seed else plan.seed
+    tic = time.monotonic()
+    with training_progress() as on_event:
+        result = train_run(
+            manifest,
+            out,
+            cache_dir=cache_dir() / "arrays",
+            plan=plan,
+            budget_s=parse_duration(budget),
+            model=model,
+            overrides=overrides,
+            task=task,
+            folds=folds,
+            resume=resume,
+            device=device,
+            seed=seed,
+            sensitivity=sensitivity,
+            tta_flips=(-1,) if tta else (),
+            on_event=on_event,
+            on_stage=lambda text: console.print(f"[bold]>[/] {text}"),
+        )
+    show_plan(result.plan)
+    console.print(headline_table(result.metrics, f"test results ({time.monotonic() - tic:.0f} s)"))
+    console.print(
+        f"model: {result.model_dir}\nreport: {out / 'report.html'}\nmetrics: {out / 'metrics.json'}"
+    )
+
+
+def evaluate_command(
+    model_dir: Annotated[Path, typer.Argument(help="A model folder (RUN_DIR/model).")],
+    data: Annotated[
+        str, typer.Argument(help="Dataset: .npz, class folder, manifest CSV, medmnist:NAME.")
+    ],
+    split: Annotated[
+        str, typer.Option(help="Split to evaluate (rows without a split count as this one).")
+    ] = "test",
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Folder for metrics.json and report.html.")
+    ] = None,
+    sensitivity: Annotated[
+        float | None,
+        typer.Option(
+            help="Re-choose the threshold on the data's validation split for this sensitivity."
+        ),
+    ] = None,
+    tta: Annotated[
+        bool | None, typer.Option("--tta/--no-tta", help="Test-time flips (default: as trained).")
+    ] = None,
+    resamples: Annotated[int, typer.Option(help="Bootstrap resamples for the CIs.")] = 1000,
+) -> None:
+    """Evaluate a model on DATA: metrics with 95% CIs, calibration, report.html."""
+    from medlens.evaluation.artifact_eval import evaluate_artifact
+    from medlens.evaluation.report import write_report
+    from medlens.inference import load_artifact
+    from medlens.training.run import gallery
+
+    artifact = load_artifact(model_dir)
+    manifest = resolve_data(data)
+    metrics, prepared, test = evaluate_artifact(
+        artifact,
+        manifest,
+        split=split,
+        cache_dir=cache_dir() / "arrays",
+        sensitivity=sensitivity,
+        tta_flips=None if tta is None else ((-1,) if tta else ()),
+        resamples=resamples,
+    )
+    out = out or artifact.folder.parent / f"evaluation-{split}"
+    out.mkdir(parents=True, exist_ok=True)
+    from medlens._fs import atomic_write_text
+
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    write_report(
+        out / "report.html",
+        metrics,
+        title=f"medlens: {artifact.meta['name']} on {data} ({split})",
+        cases=gallery(prepared, test, artifact.labels, metrics),
+    )
+    console.print(
+        headline_table(metrics, f"{artifact.meta['name']} on {split} (n={metrics['test']['n']})")
+    )
+    console.print(f"metrics: {out / 'metrics.json'}\nreport: {out / 'report.html'}")
+
+
+def predict_command(
+    model_dir: Annotated[Path, typer.Argument(help="A model folder (RUN_DIR/model).")],
+    inputs: Annotated[
+        list[Path], typer.Argument(help="Image files, folders or DICOM series folders.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="predictions.csv or .json.")] = Path(
+        "predictions.csv"
+    ),
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
+) -> None:
+    """Class probabilities and the thresholded decision for each input."""
+    from medlens.inference import load_artifact
+    from medlens.inference.predictor import expand_inputs, predict_items, write_predictions
+
+    artifact = load_artifact(model_dir)
+    items = expand_inputs(inputs)
+    with progress_bar("predicting") as update:
+        rows = list(predict_items(artifact, items, batch_size=batch_size, progress=update))
+    meta = {
+        "name": artifact.meta["name"],
+        "version": artifact.meta["version"],
+        "classes": artifact.labels.classes,
+        "operating_point": artifact.meta["operating_point"],
+    }
+    write_predictions(rows, out, meta)
+    errors = sum(1 for r in rows if "error" in r)
+    table = Table(title=f"{len(rows)} prediction(s)")
+    table.add_column("input", overflow="fold")
+    table.add_column("prediction")
+    for row in rows[:20]:
+        table.add_row(row["input"], row.get("prediction") or f"[red]{row['error']}")
+    console.print(table)
+    console.print(f"wrote {out}" + (f" ({errors} input(s) could not be read)" if errors else ""))
+    if errors == len(rows):
+        raise typer.Exit(1)
+
+
+def export_command(
+    model_dir: Annotated[Path, typer.Argument(help="A model folder (RUN_DIR/model).")],
+    onnx: Annotated[
+        bool, typer.Option("--onnx", help="Write model.onnx and check it against torch.")
+    ] = True,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Output file (default: MODEL_DIR/model.onnx).")
+    ] = None,
+) -> None:
+    """Export a model to ONNX and report the largest ONNX Runtime vs torch difference."""
+    from medlens.inference import load_artifact
+    from medlens.inference.onnx import export_onnx
+
+    if not onnx:
+        raise ConfigError("only --onnx export is available")
+    artifact = load_artifact(model_dir)
+    shape = (artifact.in_channels, *artifact.meta["input_size"])
+    report = export_onnx(artifact.members, shape, out or artifact.folder / "model.onnx")
+    console.print(
+        f"wrote {report.path}; ONNX Runtime vs torch max |difference| {report.max_abs_diff:.2e} "
+        f"(batches {list(report.batch_sizes)})"
+    )

@@ -1,0 +1,85 @@
+"""Evaluate a saved model on a dataset with its frozen operating point (or one refitted on val)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medlens.data.manifest import Manifest
+from medlens.errors import ConfigError
+from medlens.evaluation.evaluate import OperatingPoint, SplitScores, evaluate_scores
+from medlens.inference.artifact import Artifact
+from medlens.training.data import PreparedData, prepare_data
+
+
+def artifact_scores(
+    artifact: Artifact,
+    data: PreparedData,
+    split: str,
+    *,
+    device: str = "cpu",
+    tta_flips: tuple[int, ...] = (),
+) -> SplitScores:
+    idx = np.sort(data.indices(split))
+    if len(idx) == 0:
+        raise ConfigError(f"the data has no rows in split {split!r}")
+    logits = artifact.logits(data.images(idx), device=device, tta_flips=tta_flips)
+    groups = [data.manifest.rows[i]["patient_id"] for i in idx]
+    return SplitScores(split, idx, data.targets[idx], logits, groups)
+
+
+def evaluate_artifact(
+    artifact: Artifact,
+    manifest: Manifest,
+    *,
+    split: str,
+    cache_dir: str | Path,
+    sensitivity: float | None = None,
+    tta_flips: tuple[int, ...] | None = None,
+    resamples: int = 1000,
+    device: str = "cpu",
+) -> tuple[dict[str, Any], PreparedData, SplitScores]:
+    """Metrics of ``artifact`` on ``split``; rows without a split count as ``split``.
+
+    The stored temperature and threshold are used unchanged, unless ``sensitivity`` asks for a
+    new operating point, which is then chosen on the data's validation split.
+    """
+    rows = [r if r.get("split") else {**r, "split": split} for r in manifest.rows]
+    manifest = Manifest(rows, manifest.root)
+    data = prepare_data(
+        manifest,
+        artifact.labels,
+        artifact.pipeline,
+        cache_dir,
+        in_channels=artifact.in_channels,
+        check_leakage=False,
+    )
+    flips = (
+        tuple(artifact.meta["operating_point"].get("tta_flips", ()))
+        if tta_flips is None
+        else tta_flips
+    )
+    test = artifact_scores(artifact, data, split, device=device, tta_flips=flips)
+    stored = artifact.meta["operating_point"]
+    op = (
+        None
+        if sensitivity is not None
+        else OperatingPoint(
+            float(stored["temperature"]),
+            stored["threshold"],
+            f"{stored.get('method', 'stored')} (frozen)",
+        )
+    )
+    val = None
+    if sensitivity is not None or (split != "val" and len(data.indices("val"))):
+        if len(data.indices("val")) == 0:
+            raise ConfigError(
+                "--sensitivity needs a validation split in the data to choose the threshold on"
+            )
+        val = artifact_scores(artifact, data, "val", device=device, tta_flips=flips)
+    metrics = evaluate_scores(
+        val, test, artifact.labels, operating_point=op, sensitivity=sensitivity, resamples=resamples
+    )
+    return metrics, data, test

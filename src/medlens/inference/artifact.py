@@ -1,0 +1,209 @@
+"""Model artifacts: a folder of safetensors weights and JSON that rebuilds everything else.
+
+    model/
+      model.json          architecture, labels, preprocessing, operating point, metrics, versions
+      weights.safetensors  (or fold0.safetensors ... for a cross-validation ensemble)
+      plan.json           the training plan
+
+Loading never unpickles; a newer format version or a mismatched weight file is refused with a fix.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+import medlens
+from medlens._fs import atomic_write_text
+from medlens.data.labels import LabelSpec
+from medlens.errors import ArtifactError, ConfigError, DataError
+from medlens.io import MedicalImage
+from medlens.models import MedlensModel, model_from_spec
+from medlens.models.forward import batched_logits, to_probabilities
+from medlens.serialization import load_weights, save_weights
+from medlens.transforms import Channels
+from medlens.transforms.base import Pipeline
+
+FORMAT = "medlens-model"
+FORMAT_VERSION = 1
+
+
+def library_versions() -> dict[str, str]:
+    import monai
+
+    return {
+        "medlens": medlens.__version__,
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def save_artifact(
+    folder: str | Path,
+    members: list[MedlensModel],
+    *,
+    labels: LabelSpec,
+    preprocessing: list[dict[str, Any]],
+    plan: dict[str, Any],
+    operating_point: dict[str, Any],
+    metrics: dict[str, Any],
+    data_hash: str,
+    name: str | None = None,
+) -> Path:
+    """Write an artifact; ``members`` > 1 makes an ensemble whose probabilities are averaged."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    files = (
+        ["weights.safetensors"]
+        if len(members) == 1
+        else [f"fold{i}.safetensors" for i in range(len(members))]
+    )
+    for model, file in zip(members, files, strict=True):
+        save_weights(folder / file, model.state_dict(), {"format": FORMAT})
+    atomic_write_text(folder / "plan.json", json.dumps(plan, indent=2) + "\n")
+    first = members[0]
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "name": name or first.name,
+        "version": dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S"),
+        "architecture": first.spec(),
+        "target_layer": first.target_layer,
+        "members": files,
+        "labels": labels.to_dict(),
+        "preprocessing": preprocessing,
+        "input_size": plan.get("input_size"),
+        "operating_point": operating_point,
+        "metrics": metrics,
+        "data_hash": data_hash,
+        "versions": library_versions(),
+    }
+    atomic_write_text(folder / "model.json", json.dumps(meta, indent=2) + "\n")
+    return folder
+
+
+@dataclass
+class Artifact:
+    """A loaded artifact: models in eval mode, preprocessing, labels and operating point."""
+
+    folder: Path
+    meta: dict[str, Any]
+    members: list[MedlensModel]
+    labels: LabelSpec
+    pipeline: Pipeline
+
+    @property
+    def spatial_dims(self) -> int:
+        return int(self.meta["architecture"]["spatial_dims"])
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.meta["architecture"]["in_channels"])
+
+    @property
+    def temperature(self) -> float:
+        return float(self.meta["operating_point"].get("temperature", 1.0))
+
+    @property
+    def threshold(self) -> float | list[float] | None:
+        threshold: float | list[float] | None = self.meta["operating_point"].get("threshold")
+        return threshold
+
+    def to(self, device: str) -> Artifact:
+        for m in self.members:
+            m.to(device)
+        return self
+
+    def preprocess(self, image: MedicalImage, *, source: str = "") -> NDArray[np.float32]:
+        """The artifact's own preprocessing; grey/colour mismatches are converted automatically."""
+        if image.spatial_dims != self.spatial_dims:
+            raise DataError(
+                f"a {image.spatial_dims}D image was given to a {self.spatial_dims}D model",
+                path=source,
+                fix=f"give a {self.spatial_dims}D input (a single image or a series, as trained)",
+            )
+        if image.channels != self.in_channels:
+            image = Channels(self.in_channels)(image)
+        return self.pipeline(image).array.astype(np.float32, copy=False)
+
+    def logits(
+        self, batch: NDArray[np.float32], *, device: str = "cpu", tta_flips: tuple[int, ...] = ()
+    ) -> NDArray[np.float32]:
+        """Mean logits of the members for a preprocessed batch (N, C, *spatial)."""
+        outs = [batched_logits(m, batch, device=device, tta_flips=tta_flips) for m in self.members]
+        mean: NDArray[np.float32] = np.mean(outs, axis=0).astype(np.float32)
+        return mean
+
+    def probabilities(self, logits: NDArray[np.float32]) -> NDArray[np.float64]:
+        """Calibrated probabilities (the artifact's temperature)."""
+        return to_probabilities(
+            logits, multilabel=self.labels.multilabel, temperature=self.temperature
+        )
+
+    def decide(self, probs: NDArray[np.float64]) -> list[str]:
+        """Decisions at the stored operating point, as class names (``;``-joined for multi-label)."""
+        if self.labels.task == "binary":
+            threshold = float(self.threshold)  # type: ignore[arg-type]
+            return [self.labels.classes[int(p[1] >= threshold)] for p in probs]
+        if self.labels.multilabel:
+            t = np.asarray(self.threshold)
+            return [
+                ";".join(c for c, hit in zip(self.labels.classes, p >= t, strict=True) if hit)
+                for p in probs
+            ]
+        return [self.labels.classes[int(i)] for i in probs.argmax(axis=1)]
+
+
+def load_artifact(folder: str | Path) -> Artifact:
+    """Load ``folder`` (or the ``model/`` folder inside a run directory)."""
+    folder = Path(folder)
+    if (folder / "model" / "model.json").is_file() and not (folder / "model.json").is_file():
+        folder = folder / "model"
+    meta_path = folder / "model.json"
+    if not meta_path.is_file():
+        raise ArtifactError(
+            "no model.json here",
+            path=folder,
+            fix="point to RUN_DIR/model written by `medlens train`",
+        )
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as err:
+        raise ArtifactError(f"model.json is unreadable ({err})", path=meta_path) from None
+    if meta.get("format") != FORMAT:
+        raise ArtifactError("not a medlens model.json", path=meta_path)
+    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+        raise ArtifactError(
+            f"artifact format {meta['format_version']} is newer than this medlens reads ({FORMAT_VERSION})",
+            path=meta_path,
+            fix="upgrade medlens",
+        )
+    members = []
+    try:
+        for file in meta["members"]:
+            model = model_from_spec(meta["architecture"])
+            try:
+                model.load_state_dict(load_weights(folder / file))
+            except RuntimeError as err:
+                first = str(err).strip().splitlines()[0]
+                raise ArtifactError(
+                    f"weights do not fit the architecture ({first})", path=folder / file
+                ) from None
+            members.append(model.eval())
+        labels = LabelSpec.from_dict(meta["labels"])
+        pipeline = Pipeline.from_spec(meta["preprocessing"])
+    except (KeyError, TypeError, ConfigError) as err:
+        raise ArtifactError(
+            f"incomplete or incompatible model.json ({err})", path=meta_path
+        ) from None
+    return Artifact(folder, meta, members, labels, pipeline)

@@ -1,0 +1,112 @@
+"""Predict on files, folders and DICOM series with an artifact; results as rows for CSV/JSON."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medlens._fs import atomic_write_text
+from medlens.data.builders import IMAGE_SUFFIXES
+from medlens.errors import DataError, MedlensError
+from medlens.inference.artifact import Artifact
+from medlens.io import read_image
+from medlens.io.dicom_series import looks_like_dicom, scan_series
+
+
+@dataclass(frozen=True)
+class InputItem:
+    """One thing to predict on: a file, or one series of a DICOM folder."""
+
+    path: Path
+    series_uid: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.path}#series={self.series_uid}" if self.series_uid else str(self.path)
+
+
+def expand_inputs(inputs: Sequence[str | Path]) -> list[InputItem]:
+    """Files stay files; a folder yields each DICOM series (one item) and each other image file."""
+    items: list[InputItem] = []
+    for raw in inputs:
+        path = Path(raw)
+        if not path.exists():
+            raise DataError("input not found", path=path, fix="check the path")
+        if path.is_file():
+            items.append(InputItem(path))
+            continue
+        for info in scan_series(path).values():
+            single = len(info.files) == 1
+            items.append(InputItem(info.files[0]) if single else InputItem(path, info.uid))
+        items += [
+            InputItem(p)
+            for p in sorted(path.rglob("*"))
+            if p.is_file()
+            and p.suffix.lower() in IMAGE_SUFFIXES - {".dcm"}
+            and not p.name.startswith(".")
+            and not looks_like_dicom(p)
+        ]
+    if not items:
+        raise DataError(f"no images found in {list(map(str, inputs))}")
+    return items
+
+
+def predict_items(
+    artifact: Artifact,
+    items: Sequence[InputItem],
+    *,
+    batch_size: int = 32,
+    device: str = "cpu",
+    progress: Callable[[int, int], None] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """One result row per item; an unreadable item gets an ``error`` instead of stopping the run."""
+    done = 0
+    for start in range(0, len(items), batch_size):
+        chunk = items[start : start + batch_size]
+        arrays, ok, rows = [], [], []
+        for item in chunk:
+            try:
+                image = read_image(item.path, series_uid=item.series_uid)
+                arrays.append(artifact.preprocess(image, source=item.name))
+                ok.append(item)
+            except MedlensError as err:
+                rows.append({"input": item.name, "error": str(err)})
+        if arrays:
+            probs = artifact.probabilities(artifact.logits(np.stack(arrays), device=device))
+            for item, p, decision in zip(ok, probs, artifact.decide(probs), strict=True):
+                row: dict[str, Any] = {"input": item.name, "prediction": decision}
+                row.update(
+                    {
+                        f"p_{c}": round(float(v), 6)
+                        for c, v in zip(artifact.labels.classes, p, strict=True)
+                    }
+                )
+                rows.append(row)
+        done += len(chunk)
+        if progress is not None:
+            progress(done, len(items))
+        yield from rows
+
+
+def write_predictions(rows: list[dict[str, Any]], out: str | Path, meta: dict[str, Any]) -> Path:
+    """CSV or JSON by suffix; JSON also records the model and its operating point."""
+    out = Path(out)
+    if out.suffix.lower() == ".json":
+        atomic_write_text(out, json.dumps({"model": meta, "predictions": rows}, indent=2) + "\n")
+        return out
+    columns: list[str] = []
+    for row in rows:
+        columns += [c for c in row if c not in columns]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out, buf.getvalue())
+    return out

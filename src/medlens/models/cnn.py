@@ -1,0 +1,59 @@
+"""The classic CNN of the medical-imaging tutorials: conv-ReLU-maxpool blocks, flatten, dense."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from torch import nn
+
+from medlens.models.base import MedlensModel, batch_norm, conv, init_weights, max_pool
+from medlens.models.registry import MODELS
+
+
+@MODELS.register("classic-cnn")
+def classic_cnn(
+    *,
+    spatial_dims: int,
+    in_channels: int,
+    num_classes: int,
+    channels: tuple[int, ...] = (32, 64, 128),
+    dense: int = 256,
+    dropout: float = 0.5,
+    norm: bool = False,
+) -> MedlensModel:
+    """Blocks of conv3-(BN)-ReLU-maxpool; a fixed 4^d grid is flattened into a dense layer.
+
+    The adaptive pooling before the flatten makes the dense layer independent of input size.
+    """
+    blocks: OrderedDict[str, nn.Module] = OrderedDict()
+    previous = in_channels
+    for i, width in enumerate(channels, start=1):
+        layers: list[nn.Module] = [conv(spatial_dims)(previous, width, 3, padding=1)]
+        if norm:
+            layers.append(batch_norm(spatial_dims)(width))
+        layers += [nn.ReLU(), max_pool(spatial_dims)(2, ceil_mode=True)]
+        blocks[f"block{i}"] = nn.Sequential(*layers)
+        previous = width
+    grid = 4
+    pool = nn.Sequential(
+        (nn.AdaptiveAvgPool2d if spatial_dims == 2 else nn.AdaptiveAvgPool3d)(grid), nn.Flatten()
+    )
+    head = nn.Sequential(
+        nn.Linear(previous * grid**spatial_dims, dense),
+        nn.ReLU(),
+        nn.Dropout(dropout),
+        nn.Linear(dense, num_classes),
+    )
+    features = nn.Sequential(blocks)
+    init_weights(features)
+    return MedlensModel(
+        "classic-cnn",
+        spatial_dims=spatial_dims,
+        in_channels=in_channels,
+        num_classes=num_classes,
+        features=features,
+        pool=pool,
+        head=head,
+        target_layer=f"features.block{len(channels)}",
+        options={"channels": list(channels), "dense": dense, "dropout": dropout, "norm": norm},
+    )

@@ -1,0 +1,47 @@
+"""Batched forward passes and logits -> probabilities (shared by training, evaluation, inference)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import nn
+
+
+@torch.no_grad()
+def batched_logits(
+    model: nn.Module,
+    images: NDArray[np.float32] | torch.Tensor,
+    *,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    tta_flips: tuple[int, ...] = (),
+) -> NDArray[np.float32]:
+    """Logits (N, K) in eval mode; ``tta_flips`` averages over flips of those spatial axes
+    (0-based, negative from the end)."""
+    model.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        chunk = images[start : start + batch_size]
+        x = chunk if isinstance(chunk, torch.Tensor) else torch.from_numpy(np.asarray(chunk))
+        x = x.to(device, torch.float32)
+        views = [x] + [torch.flip(x, dims=(axis if axis < 0 else 2 + axis,)) for axis in tta_flips]
+        logits = torch.stack([model(v).float() for v in views]).mean(dim=0)
+        out.append(logits.cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def to_probabilities(
+    logits: NDArray[Any], *, multilabel: bool, temperature: float = 1.0
+) -> NDArray[np.float64]:
+    """Softmax (single-label) or sigmoid (multi-label) of logits / temperature."""
+    z = np.asarray(logits, np.float64) / temperature
+    if multilabel:
+        out: NDArray[np.float64] = 1.0 / (1.0 + np.exp(-z))
+        return out
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    probs: NDArray[np.float64] = e / e.sum(axis=1, keepdims=True)
+    return probs

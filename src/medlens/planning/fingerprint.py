@@ -1,0 +1,122 @@
+"""Dataset and machine fingerprints: the facts a plan is derived from."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from medlens.data.builders import load_sample
+from medlens.data.labels import LabelSpec
+from medlens.data.manifest import Manifest
+from medlens.errors import DataError
+
+
+@dataclass(frozen=True)
+class DatasetFingerprint:
+    """Counts per split, image geometry and intensities (from a sample), class balance."""
+
+    counts: dict[str, int]
+    spatial_dims: int
+    median_shape: list[int]
+    min_shape: list[int]
+    max_shape: list[int]
+    channels: list[int]
+    median_spacing: list[float]
+    intensity: dict[str, float]
+    modality: str
+    task: str
+    class_counts: dict[str, int]
+    sampled: int
+
+    @property
+    def imbalance(self) -> float:
+        """Largest over smallest training class count (1.0 = balanced)."""
+        counts = [c for c in self.class_counts.values() if c > 0]
+        return max(counts) / min(counts) if counts else 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "imbalance": round(self.imbalance, 3)}
+
+
+@dataclass(frozen=True)
+class HardwareFingerprint:
+    cpu_cores: int
+    torch_threads: int
+    gpu: str | None
+    gpu_memory_gb: float | None
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.gpu else "cpu"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def hardware_fingerprint() -> HardwareFingerprint:
+    gpu, memory = None, None
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        gpu, memory = props.name, round(props.total_memory / 2**30, 1)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return HardwareFingerprint(cores or 1, torch.get_num_threads(), gpu, memory)
+
+
+def fingerprint_dataset(
+    manifest: Manifest, labels: LabelSpec, *, sample: int = 200, seed: int = 0
+) -> DatasetFingerprint:
+    """Fingerprint ``manifest``; geometry and intensities come from up to ``sample`` images."""
+    rng = np.random.default_rng(seed)
+    rows = manifest.rows
+    chosen = rng.choice(len(rows), size=min(sample, len(rows)), replace=False)
+    shapes, channels, spacings, values, modalities = [], Counter[int](), [], [], Counter[str]()
+    for i in sorted(chosen):
+        image = load_sample(manifest, rows[i])
+        shapes.append(image.spatial_shape)
+        channels[image.channels] += 1
+        spacings.append(image.spacing)
+        modalities[image.meta.modality or ""] += 1
+        flat = image.array.reshape(-1)
+        values.append(flat[rng.integers(0, flat.size, size=min(2000, flat.size))])
+    dims = {len(s) for s in shapes}
+    if len(dims) != 1:
+        raise DataError(
+            f"the data mixes 2D and 3D images ({sorted(dims)})",
+            path=manifest.root,
+            fix="train 2D and 3D data separately",
+        )
+    shape_arr = np.asarray(shapes)
+    pooled = np.concatenate(values).astype(np.float64)
+    train = [r for r in rows if r.get("split") == "train"] or rows
+    targets = labels.encode(train, source=manifest.root)
+    per_class = (
+        targets.sum(axis=0)
+        if labels.multilabel
+        else np.bincount(targets, minlength=labels.num_outputs)
+    )
+    return DatasetFingerprint(
+        counts=dict(Counter(r.get("split") or "unsplit" for r in rows)),
+        spatial_dims=dims.pop(),
+        median_shape=[int(v) for v in np.median(shape_arr, axis=0)],
+        min_shape=[int(v) for v in shape_arr.min(axis=0)],
+        max_shape=[int(v) for v in shape_arr.max(axis=0)],
+        channels=sorted(channels),
+        median_spacing=[float(v) for v in np.median(np.asarray(spacings), axis=0)],
+        intensity={
+            "min": float(pooled.min()),
+            "max": float(pooled.max()),
+            "mean": float(pooled.mean()),
+            "std": float(pooled.std()),
+            "p01": float(np.percentile(pooled, 1)),
+            "p99": float(np.percentile(pooled, 99)),
+        },
+        modality=modalities.most_common(1)[0][0],
+        task=labels.task,
+        class_counts={c: int(n) for c, n in zip(labels.classes, per_class, strict=True)},
+        sampled=len(chosen),
+    )

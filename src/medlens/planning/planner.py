@@ -1,0 +1,229 @@
+"""Dataset + machine + time budget -> a Plan, by measuring candidate networks on this machine.
+
+Like nnU-Net the plan follows from a fingerprint; unlike it, the planner times a few training
+steps of each candidate (largest first) and keeps the first one that affords enough epochs
+within the budget, so the same defaults fit a laptop CPU and a GPU server.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from medlens.data.labels import LabelSpec
+from medlens.data.manifest import Manifest
+from medlens.errors import ConfigError
+from medlens.models import create_model
+from medlens.planning.fingerprint import (
+    DatasetFingerprint,
+    HardwareFingerprint,
+    fingerprint_dataset,
+    hardware_fingerprint,
+)
+from medlens.planning.plan import Plan
+
+log = logging.getLogger(__name__)
+
+MIN_EPOCHS = 20
+USABLE_BUDGET = 0.8  # the rest covers caching, evaluation and the report
+WIDTHS = ((32, 64, 128, 256), (24, 48, 96, 192), (16, 32, 64, 128), (8, 16, 32, 64))
+
+
+@dataclass(frozen=True)
+class Candidate:
+    model: str
+    options: dict[str, Any]
+
+
+def input_size(fp: DatasetFingerprint, hw: HardwareFingerprint) -> list[int]:
+    """The median shape, shrunk (aspect kept) so the largest axis fits the machine's cap."""
+    cap = (224 if hw.gpu else 128) if fp.spatial_dims == 2 else (96 if hw.gpu else 64)
+    shape = fp.median_shape
+    factor = min(1.0, cap / max(shape))
+    return [max(8, round(s * factor)) for s in shape]
+
+
+def candidates(fp: DatasetFingerprint, size: list[int], hw: HardwareFingerprint) -> list[Candidate]:
+    """Networks to try, best expected quality first."""
+    small = max(size) <= 64
+    found: list[Candidate] = []
+    if hw.gpu:
+        found.append(Candidate("resnet18", {"small_input": small}))
+    stride = 1 if (fp.spatial_dims == 2 and small) else 2
+    for widths in WIDTHS:
+        found.append(Candidate("compactnet", {"widths": list(widths), "stem_stride": stride}))
+    return found
+
+
+def default_options(model: str, size: list[int]) -> dict[str, Any]:
+    """Options for a user-chosen model: small-input stems for MedMNIST-sized images."""
+    if model.startswith(("resnet", "densenet")):
+        return {"small_input": max(size) <= 64}
+    if model == "compactnet":
+        return {"stem_stride": 1 if max(size) <= 64 else 2}
+    if model.startswith("vgg") and max(size) <= 64:
+        return {"width": 0.5}
+    return {}
+
+
+def measure_step(
+    candidate: Candidate,
+    *,
+    spatial_dims: int,
+    in_channels: int,
+    num_outputs: int,
+    size: list[int],
+    batch_size: int,
+    device: str,
+    steps: int = 2,
+) -> float:
+    """Seconds per training step (forward, backward, AdamW update) after one warm-up step."""
+    model = create_model(
+        candidate.model, spatial_dims, in_channels, num_outputs, **candidate.options
+    ).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randn(batch_size, in_channels, *size, device=device)
+    y = torch.randint(0, num_outputs, (batch_size,), device=device)
+    elapsed = []
+    for _ in range(steps + 1):
+        start = time.perf_counter()
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        elapsed.append(time.perf_counter() - start)
+    return min(elapsed[1:])
+
+
+def batch_size_for(n_train: int, spatial_dims: int, hw: HardwareFingerprint) -> int:
+    preferred = (128 if hw.gpu else 64) if spatial_dims == 2 else (32 if hw.gpu else 16)
+    # small datasets: at least ~10 steps per epoch
+    return int(max(4, min(preferred, 2 ** int(math.log2(max(4, n_train // 10))))))
+
+
+def augmentation_for(spatial_dims: int) -> dict[str, Any]:
+    """Mild, orientation-preserving augmentation: no flips (left/right can be the label)."""
+    return {
+        "rotate_deg": 15.0,
+        "scale": 0.15,
+        "translate": 0.1,
+        "brightness": 0.2,
+        "contrast": 0.2,
+        "gamma": 0.3 if spatial_dims == 2 else 0.0,
+        "prob": 0.8,
+    }
+
+
+def preprocessing_for(fp: DatasetFingerprint, size: list[int]) -> list[dict[str, Any]]:
+    steps: list[dict[str, Any]] = []
+    if len(fp.channels) > 1:  # a mix of grey and colour files: convert to the majority
+        steps.append({"name": "channels", "count": max(fp.channels)})
+    steps += [
+        {"name": "percentile_clip", "lower": 0.5, "upper": 99.5},
+        {"name": "zscore", "nonzero": False},
+        {"name": "resize", "shape": list(size), "order": 1},
+    ]
+    return steps
+
+
+def loss_for(fp: DatasetFingerprint, labels: LabelSpec) -> tuple[str, list[float] | None]:
+    """Cross-entropy; class weights beyond 2:1 imbalance; focal loss beyond 20:1."""
+    if labels.multilabel:
+        return "bce", None
+    counts = [max(1, c) for c in fp.class_counts.values()]
+    if fp.imbalance > 20:
+        return "focal", None
+    if fp.imbalance > 2:
+        total = sum(counts)
+        return "ce", [round(total / (len(counts) * c), 4) for c in counts]
+    return "ce", None
+
+
+def make_plan(
+    manifest: Manifest,
+    labels: LabelSpec,
+    *,
+    budget_s: float = 600.0,
+    model: str | None = None,
+    seed: int = 0,
+    hardware: HardwareFingerprint | None = None,
+    max_epochs: int | None = None,
+) -> Plan:
+    """Fingerprint the data and the machine, time the candidates, and return a validated Plan.
+
+    Example:
+        >>> plan = make_plan(manifest, infer_labels(manifest), budget_s=300)  # doctest: +SKIP
+        >>> plan.model, plan.epochs
+        ('compactnet', 42)
+    """
+    if budget_s <= 0:
+        raise ConfigError(f"budget must be positive, got {budget_s} s")
+    hw = hardware or hardware_fingerprint()
+    fp = fingerprint_dataset(manifest, labels, seed=seed)
+    size = input_size(fp, hw)
+    in_channels = max(fp.channels)
+    n_train = fp.counts.get("train", sum(fp.counts.values()))
+    n_val = fp.counts.get("val", 0)
+    batch = batch_size_for(n_train, fp.spatial_dims, hw)
+    cap = max_epochs or int(min(200, max(30, round(150_000 / max(1, n_train)))))
+    pool = [Candidate(model, default_options(model, size))] if model else candidates(fp, size, hw)
+    notes: list[str] = []
+    timings: dict[str, float] = {}
+    chosen, epochs, epoch_s = pool[-1], 1, math.inf
+    for candidate in pool:
+        step = measure_step(
+            candidate,
+            spatial_dims=fp.spatial_dims,
+            in_channels=in_channels,
+            num_outputs=labels.num_outputs,
+            size=size,
+            batch_size=batch,
+            device=hw.device,
+        )
+        # an evaluation pass costs about a third of a training step per image
+        epoch_s = step * math.ceil(n_train / batch) + step / 3 * math.ceil(n_val / batch)
+        timings[f"{candidate.model}{candidate.options}"] = round(epoch_s, 2)
+        affordable = int(budget_s * USABLE_BUDGET / epoch_s)
+        chosen, epochs = candidate, min(cap, affordable)
+        if affordable >= min(MIN_EPOCHS, cap):
+            break
+    if epochs < 3:
+        notes.append(
+            f"the budget affords only {epochs} epoch(s) of the smallest network; raise --budget"
+        )
+        epochs = max(1, epochs)
+    loss, weights = loss_for(fp, labels)
+    return Plan(
+        labels=labels.to_dict(),
+        spatial_dims=fp.spatial_dims,
+        in_channels=in_channels,
+        input_size=size,
+        preprocessing=preprocessing_for(fp, size),
+        model=chosen.model,
+        model_options=dict(chosen.options),
+        batch_size=batch,
+        epochs=epochs,
+        warmup_epochs=min(2.0, max(0.5, epochs / 20)),
+        loss=loss,
+        class_weights=weights,
+        label_smoothing=0.0 if labels.multilabel else 0.05,
+        augmentation=augmentation_for(fp.spatial_dims),
+        patience=max(10, epochs // 3),
+        seed=seed,
+        budget_s=budget_s,
+        fingerprint=fp.to_dict(),
+        hardware=hw.to_dict(),
+        estimates={
+            "epoch_s": round(epoch_s, 2),
+            "train_s": round(epoch_s * epochs, 1),
+            "measured_epoch_s": timings,
+        },
+        notes=notes,
+    ).validate()

@@ -1,0 +1,67 @@
+"""Training data: the preprocessed cache, encoded targets and split indices of one manifest."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from medlens.data.cache import CachedArrays, Progress, build_cache, cache_key
+from medlens.data.labels import LabelSpec
+from medlens.data.manifest import Manifest
+from medlens.data.splits import assert_no_leakage
+from medlens.errors import DataError
+from medlens.transforms.base import Pipeline
+
+_SPLIT_COLUMNS = ("split", "fold")
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """Rows, images (N, C, *spatial) and targets in the same order; splits from the manifest."""
+
+    manifest: Manifest
+    labels: LabelSpec
+    cached: CachedArrays
+    targets: NDArray[Any]
+    data_hash: str
+
+    def indices(self, split: str) -> NDArray[np.int64]:
+        return np.asarray(
+            [i for i, r in enumerate(self.manifest.rows) if r.get("split") == split], np.int64
+        )
+
+    def images(self, indices: NDArray[np.int64]) -> NDArray[np.float32]:
+        return np.ascontiguousarray(self.cached.images[np.sort(indices)])
+
+
+def prepare_data(
+    manifest: Manifest,
+    labels: LabelSpec,
+    pipeline: Pipeline,
+    cache_dir: str | Path,
+    *,
+    in_channels: int | None = None,
+    check_leakage: bool = True,
+    progress: Progress | None = None,
+) -> PreparedData:
+    """Preprocess once into the cache (split-independent, so folds share it) and encode targets."""
+    if check_leakage:
+        assert_no_leakage(manifest)
+    # the split is not part of the cached content: re-splitting or folding reuses the cache
+    images_only = Manifest(
+        [{k: v for k, v in r.items() if k not in _SPLIT_COLUMNS} for r in manifest.rows],
+        manifest.root,
+    )
+    cached = build_cache(images_only, pipeline, cache_dir, progress=progress)
+    if in_channels is not None and cached.images.shape[1] != in_channels:
+        raise DataError(
+            f"preprocessed images have {cached.images.shape[1]} channel(s), the model expects {in_channels}",
+            path=manifest.root,
+            fix="add a 'channels' step to the preprocessing or re-plan for this data",
+        )
+    targets = labels.encode(manifest.rows, source=manifest.root)
+    return PreparedData(manifest, labels, cached, targets, cache_key(images_only, pipeline))

@@ -1,0 +1,283 @@
+"""One training run end to end: split, plan, cache, train (or k folds), evaluate, save, report.
+
+This is what ``medlens train`` calls; a Python user gets the same with :func:`train_run`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medlens._fs import atomic_write_text
+from medlens.data.labels import LabelSpec, check_split_classes, infer_labels
+from medlens.data.manifest import Manifest
+from medlens.data.splits import kfold, patient_split
+from medlens.errors import ConfigError
+from medlens.evaluation import Case, SplitScores, evaluate_scores, write_report
+from medlens.evaluation.evaluate import HEADLINE, decisions_for
+from medlens.inference.artifact import load_artifact, save_artifact
+from medlens.models import MedlensModel
+from medlens.models.forward import batched_logits, to_probabilities
+from medlens.models.transfer import load_backbone
+from medlens.planning import Plan, make_plan
+from medlens.training.data import PreparedData, prepare_data
+from medlens.training.trainer import Event, Trainer, TrainResult, build_model, pick_device
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    model_dir: Path
+    plan: Plan
+    metrics: dict[str, Any]
+    results: list[TrainResult]
+
+
+def ensure_splits(manifest: Manifest, *, seed: int = 0) -> tuple[Manifest, str]:
+    """Keep a complete split; otherwise split by patient (70/15/15, or val from train)."""
+    present = {r.get("split", "") for r in manifest.rows}
+    if {"train", "val", "test"} <= present and "" not in present:
+        return manifest, "the data's own split"
+    if "" in present:
+        return patient_split(manifest, val=0.15, test=0.15, seed=seed), "patient-level 70/15/15"
+    if "val" not in present and "train" in present:
+        train = Manifest([r for r in manifest.rows if r["split"] == "train"], manifest.root)
+        carved = {
+            r["path"]: r["split"] for r in patient_split(train, val=0.15, test=0.0, seed=seed)
+        }
+        rows = [{**r, "split": carved.get(r["path"], r["split"])} for r in manifest.rows]
+        return Manifest(rows, manifest.root), "validation carved from train by patient"
+    raise ConfigError(
+        f"the data has splits {sorted(present)} but needs train, val and test",
+        fix="run `medlens data split` to split by patient",
+    )
+
+
+def _scores(
+    data: PreparedData, split: str, members: list[MedlensModel], device: str, tta: tuple[int, ...]
+) -> SplitScores:
+    idx = np.sort(data.indices(split))
+    images = data.images(idx)
+    logits = np.mean(
+        [batched_logits(m, images, device=device, tta_flips=tta) for m in members], axis=0
+    )
+    groups = [data.manifest.rows[i]["patient_id"] for i in idx]
+    return SplitScores(split, idx, data.targets[idx], logits.astype(np.float32), groups)
+
+
+def _view(image: np.ndarray) -> np.ndarray:
+    """A 2D picture of a (C, *spatial) image: first channel, middle slice in 3D."""
+    plane = image[0]
+    while plane.ndim > 2:
+        plane = plane[plane.shape[0] // 2]
+    view: np.ndarray = plane
+    return view
+
+
+def gallery(
+    data: PreparedData,
+    test: SplitScores,
+    labels: LabelSpec,
+    metrics: dict[str, Any],
+    per_kind: int = 8,
+) -> list[Case]:
+    """The most confident correct and wrong single-label test cases."""
+    if labels.multilabel:
+        return []
+    probs = to_probabilities(test.logits, multilabel=False, temperature=metrics["temperature"])
+    decided = decisions_for(test, labels, metrics)
+    correct = decided == test.targets
+    confidence = probs[np.arange(len(decided)), decided]
+    cases = []
+    for want in (True, False):
+        chosen = np.flatnonzero(correct == want)
+        for j in chosen[np.argsort(-confidence[chosen])][:per_kind]:
+            image = np.asarray(data.cached.images[test.indices[j]])
+            title = (
+                f"true {labels.classes[test.targets[j]]}\n"
+                f"pred {labels.classes[decided[j]]} {confidence[j]:.2f}"
+            )
+            cases.append(Case(_view(image), title, bool(want)))
+    return cases
+
+
+def _initial_model(plan: Plan) -> MedlensModel | None:
+    if not plan.init_from:
+        return None
+    source = load_artifact(plan.init_from)
+    model = build_model(plan)
+    report = load_backbone(
+        model,
+        source.members[0].state_dict(),
+        source_name=source.meta["architecture"]["name"],
+        freeze=plan.freeze_backbone,
+    )
+    log.info("initialised %d feature tensors from %s", report.loaded, plan.init_from)
+    return model
+
+
+def _fold_manifest(manifest: Manifest, fold: int) -> Manifest:
+    rows = []
+    for r in manifest.rows:
+        split = "test" if r.get("split") == "test" else "val" if r["fold"] == str(fold) else "train"
+        rows.append({**r, "split": split})
+    return Manifest(rows, manifest.root)
+
+
+def train_run(
+    manifest: Manifest,
+    run_dir: str | Path,
+    *,
+    cache_dir: str | Path,
+    plan: Plan | None = None,
+    budget_s: float = 600.0,
+    model: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    task: str | None = None,
+    folds: int = 0,
+    resume: bool = False,
+    device: str | None = None,
+    seed: int = 0,
+    sensitivity: float | None = None,
+    tta_flips: tuple[int, ...] = (),
+    resamples: int = 1000,
+    on_event: Event | None = None,
+    on_stage: Callable[[str], None] | None = None,
+    tensorboard: bool = True,
+    title: str | None = None,
+) -> RunResult:
+    """Train, evaluate on test, and write ``plan.json``, ``metrics.json``, ``report.html`` and
+    ``model/`` into ``run_dir``.
+
+    Example:
+        >>> result = train_run(load_manifest("pneumoniamnist.npz"), "runs/pneu", cache_dir=".cache", budget_s=300)  # doctest: +SKIP
+        >>> result.metrics["test"]["auc"]
+        0.97
+    """
+    stage = on_stage or (lambda text: log.info("%s", text))
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    labels = infer_labels(manifest, task=task)
+    manifest, how = ensure_splits(manifest, seed=seed)
+    check_split_classes(manifest, labels)
+    manifest.write(run_dir / "manifest.csv")
+    plan_path = run_dir / "plan.json"
+    if resume and plan_path.exists():
+        plan = Plan.load(plan_path)
+    elif plan is None:
+        stage(f"planning (budget {budget_s:.0f} s; split: {how})")
+        source = (overrides or {}).get("init_from")
+        if source:  # fine-tuning keeps the pre-trained architecture
+            arch = load_artifact(source).meta["architecture"]
+            model, overrides = arch["name"], {"model_options": arch["options"], **(overrides or {})}
+        plan = make_plan(manifest, labels, budget_s=budget_s, model=model, seed=seed)
+    if overrides:
+        plan = plan.with_overrides(overrides)
+    if plan.labels != labels.to_dict():
+        raise ConfigError(
+            f"the plan was made for classes {plan.labels['classes']}, the data has {labels.classes}",
+            fix="make a new plan for this data (`medlens plan`)",
+        )
+    plan.save(plan_path)
+    device = pick_device(device)
+    stage(f"preprocessing into the cache ({len(manifest)} images)")
+    data = prepare_data(manifest, labels, plan.pipeline(), cache_dir, in_channels=plan.in_channels)
+    deadline = plan.budget_s * 1.25
+    results: list[TrainResult] = []
+    if folds:
+        folded = kfold(manifest, folds, seed=seed)
+        val_parts = []
+        for fold in range(folds):
+            stage(f"training fold {fold + 1}/{folds}: {plan.model}, {plan.epochs} epochs")
+            fold_data = prepare_data(
+                _fold_manifest(folded, fold), labels, plan.pipeline(), cache_dir
+            )
+            trainer = Trainer(
+                plan,
+                fold_data,
+                run_dir / f"fold{fold}",
+                device=device,
+                on_event=on_event,
+                deadline_s=deadline / folds,
+                tensorboard=tensorboard,
+                init_model=_initial_model(plan),
+            )
+            results.append(trainer.fit(resume=resume))
+            val_parts.append(_scores(fold_data, "val", [results[-1].model], device, tta_flips))
+        order = np.concatenate([p.indices for p in val_parts])
+        val = SplitScores(
+            "val (out-of-fold)",
+            order,
+            np.concatenate([p.targets for p in val_parts]),
+            np.concatenate([p.logits for p in val_parts]),
+            [g for p in val_parts for g in p.groups],
+        )
+    else:
+        stage(f"training {plan.model} for up to {plan.epochs} epochs on {device}")
+        trainer = Trainer(
+            plan,
+            data,
+            run_dir,
+            device=device,
+            on_event=on_event,
+            deadline_s=deadline,
+            tensorboard=tensorboard,
+            init_model=_initial_model(plan),
+        )
+        results.append(trainer.fit(resume=resume))
+        val = _scores(data, "val", [results[0].model], device, tta_flips)
+    members = [r.model for r in results]
+    stage("evaluating on the test split")
+    test = _scores(data, "test", members, device, tta_flips)
+    metrics = evaluate_scores(
+        val, test, labels, sensitivity=sensitivity, resamples=resamples, seed=seed
+    )
+    metrics["training"] = {
+        "model": plan.model,
+        "epochs_run": [len(r.history) for r in results],
+        "best_epoch": [r.best_epoch for r in results],
+        "stopped": [r.stopped for r in results],
+        "seconds": round(sum(r.seconds for r in results), 1),
+        "seed": plan.seed,
+        "device": device,
+        "folds": folds,
+        "tta_flips": list(tta_flips),
+        "split": how,
+    }
+    atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    headline = {k: metrics["test"][k] for k in HEADLINE if k in metrics["test"]}
+    model_dir = save_artifact(
+        run_dir / "model",
+        [m.cpu() for m in members],
+        labels=labels,
+        preprocessing=plan.preprocessing,
+        plan=json.loads(plan.to_json()),
+        operating_point={
+            "temperature": metrics["temperature"],
+            "threshold": metrics["threshold"],
+            "method": metrics["threshold_method"],
+            "tta_flips": list(tta_flips),
+        },
+        metrics={"test": headline, "ci": metrics["test"]["ci"], "n_test": metrics["test"]["n"]},
+        data_hash=data.data_hash,
+    )
+    write_report(
+        run_dir / "report.html",
+        metrics,
+        title=title or f"medlens: {plan.model} on {manifest.root.name or 'data'}",
+        history=results[0].history,
+        cases=gallery(data, test, labels, metrics),
+        notes=[
+            f"split: {how}; training stopped: {', '.join(r.stopped for r in results)}",
+            *plan.notes,
+        ],
+    )
+    return RunResult(run_dir, model_dir, plan, metrics, results)

@@ -1,0 +1,185 @@
+"""End to end on synthetic phantoms through the CLI: plan -> train -> evaluate -> predict -> export."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from medlens.data.synthetic import write_chest_folder
+
+pytestmark = pytest.mark.integration
+
+OVERRIDES = [
+    "--set",
+    "epochs=12",
+    "--set",
+    "model_options.widths=[8,16,32,32]",
+    "--set",
+    "batch_size=16",
+]
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_chest_folder(tmp_path_factory.mktemp("e2e") / "chest", 240, size=40, seed=3)
+
+
+@pytest.fixture(scope="module")
+def trained(
+    phantoms: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, dict[str, object]]:
+    import sys
+
+    from medlens.cli.main import main
+
+    out = tmp_path_factory.mktemp("run")
+    plan = out / "plan.json"
+    for args in (
+        ["plan", str(phantoms), "--out", str(plan), "--budget", "60s", *OVERRIDES],
+        ["train", str(phantoms), "--out", str(out / "run"), "--plan", str(plan)],
+    ):
+        sys.argv = ["medlens", *args]
+        try:
+            main()
+        except SystemExit as exc:
+            assert not exc.code, f"medlens {' '.join(args)} exited {exc.code}"
+    metrics = json.loads((out / "run/metrics.json").read_text())
+    return out / "run", metrics
+
+
+def test_training_learned_and_wrote_everything(trained: tuple[Path, dict[str, object]]) -> None:
+    run, metrics = trained
+    test = metrics["test"]
+    assert isinstance(test, dict)
+    assert test["auc"] > 0.8, f"the model did not learn: test AUC {test['auc']}"
+    for key in ("auc", "accuracy", "sensitivity", "specificity", "f1"):
+        low, high = test["ci"][key]
+        assert low <= test[key] <= high
+    assert 0 < float(metrics["threshold"]) < 1 and metrics["threshold_method"] == "youden"
+    for name in (
+        "plan.json",
+        "metrics.json",
+        "report.html",
+        "history.csv",
+        "manifest.csv",
+        "model/model.json",
+        "model/weights.safetensors",
+        "model/plan.json",
+    ):
+        assert (run / name).is_file(), name
+    assert list((run / "tensorboard").iterdir())
+    html = (run / "report.html").read_text()
+    for section in ("ROC", "Confusion matrix", "Calibration", "Learning curves", "Test cases"):
+        assert section in html
+    assert html.count("data:image/png;base64") >= 4
+    meta = json.loads((run / "model/model.json").read_text())
+    assert meta["labels"]["classes"] == ["nodule", "normal"]
+    assert meta["data_hash"] and meta["versions"]["torch"]
+    assert meta["operating_point"]["threshold"] == metrics["threshold"]
+
+
+def test_evaluate_reuses_the_frozen_operating_point(
+    trained: tuple[Path, dict[str, object]],
+    phantoms: Path,
+    run_cli: Callable[..., object],
+    tmp_path: Path,
+) -> None:
+    run, metrics = trained
+    result = run_cli(
+        "evaluate",
+        str(run / "model"),
+        str(run / "manifest.csv"),
+        "--out",
+        str(tmp_path),
+        "--resamples",
+        "200",
+    )
+    assert result.code == 0, result.err  # type: ignore[attr-defined]
+    again = json.loads((tmp_path / "metrics.json").read_text())
+    assert again["threshold"] == metrics["threshold"]
+    assert again["test"]["auc"] == pytest.approx(metrics["test"]["auc"], abs=1e-6)
+    assert (tmp_path / "report.html").is_file()
+
+
+def test_predict_writes_probabilities_and_decisions(
+    trained: tuple[Path, dict[str, object]],
+    phantoms: Path,
+    run_cli: Callable[..., object],
+    tmp_path: Path,
+) -> None:
+    run, _ = trained
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    out = tmp_path / "p.csv"
+    result = run_cli(
+        "predict",
+        str(run / "model"),
+        str(phantoms / "nodule"),
+        str(tmp_path / "broken.png"),
+        "--out",
+        str(out),
+    )
+    assert result.code == 0, result.err  # type: ignore[attr-defined]
+    rows = list(csv.DictReader(out.open()))
+    good = [r for r in rows if not r.get("error")]
+    assert len(good) == len(list((phantoms / "nodule").glob("*.png")))
+    assert all(abs(float(r["p_nodule"]) + float(r["p_normal"]) - 1) < 1e-5 for r in good)
+    assert sum(r["prediction"] == "nodule" for r in good) > 0.7 * len(good)
+    assert any("broken.png" in r["input"] and r["error"] for r in rows)
+    as_json = tmp_path / "p.json"
+    assert (
+        run_cli("predict", str(run / "model"), str(phantoms / "normal"), "--out", str(as_json)).code
+        == 0
+    )  # type: ignore[attr-defined]
+    payload = json.loads(as_json.read_text())
+    assert payload["model"]["classes"] == ["nodule", "normal"] and payload["predictions"]
+
+
+def test_export_onnx_reports_parity(
+    trained: tuple[Path, dict[str, object]], run_cli: Callable[..., object]
+) -> None:
+    run, _ = trained
+    result = run_cli("export", str(run / "model"), "--onnx")
+    assert result.code == 0, result.err  # type: ignore[attr-defined]
+    assert (run / "model/model.onnx").is_file()
+    assert "max |difference|" in result.out  # type: ignore[attr-defined]
+
+
+def test_incompatible_artifacts_are_refused(
+    trained: tuple[Path, dict[str, object]], run_cli: Callable[..., object], tmp_path: Path
+) -> None:
+    import shutil
+
+    run, _ = trained
+    newer = tmp_path / "newer"
+    shutil.copytree(run / "model", newer)
+    meta = json.loads((newer / "model.json").read_text())
+    meta["format_version"] = 99
+    (newer / "model.json").write_text(json.dumps(meta))
+    result = run_cli("predict", str(newer), str(run / "manifest.csv"))
+    assert result.code == 2 and "newer than this medlens reads" in result.err  # type: ignore[attr-defined]
+    meta["format_version"] = 1
+    meta["architecture"]["options"]["widths"] = [4, 4, 4, 4]
+    (newer / "model.json").write_text(json.dumps(meta))
+    result = run_cli("export", str(newer))
+    assert result.code == 2 and "do not fit the architecture" in result.err  # type: ignore[attr-defined]
+    assert "Traceback" not in result.err  # type: ignore[attr-defined]
+
+
+def test_bad_training_inputs_get_one_line_errors(
+    run_cli: Callable[..., object], tmp_path: Path
+) -> None:
+    one_class = write_chest_folder(tmp_path / "one", 6, size=16)
+    shutil_rm = __import__("shutil").rmtree
+    for folder in one_class.iterdir():
+        if folder.name == "normal":
+            shutil_rm(folder)
+    result = run_cli("train", str(one_class), "--out", str(tmp_path / "r"))
+    assert result.code == 2 and "only one class" in result.err  # type: ignore[attr-defined]
+    result = run_cli("train", str(tmp_path / "missing"), "--out", str(tmp_path / "r"))
+    assert result.code == 2 and "not found" in result.err  # type: ignore[attr-defined]
+    result = run_cli("train", str(one_class), "--out", str(tmp_path / "r"), "--budget", "soon")
+    assert result.code == 2 and "budget" in result.err  # type: ignore[attr-defined]

@@ -1,0 +1,44 @@
+"""A short real training run: PneumoniaMNIST (official split) through the library API."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from medlens.data import load_manifest
+from medlens.inference import load_artifact
+from medlens.inference.predictor import InputItem, predict_items
+from medlens.training.run import train_run
+
+pytestmark = [pytest.mark.realdata, pytest.mark.integration]
+
+
+def test_pneumoniamnist_short_run_reaches_auc_090(shared_data: Path, tmp_path: Path) -> None:
+    manifest = load_manifest(shared_data / "pneumoniamnist/pneumoniamnist.npz")
+    result = train_run(
+        manifest,
+        tmp_path / "run",
+        cache_dir=tmp_path / "cache",
+        budget_s=60,
+        # two epochs of the smallest candidate: a reduced form of the benchmark
+        overrides={
+            "epochs": 2,
+            "model": "compactnet",
+            "model_options": {"widths": [16, 32, 64, 128]},
+        },
+        resamples=200,
+        tensorboard=False,
+    )
+    test = result.metrics["test"]
+    assert test["n"] == 624  # the official test split, untouched
+    assert test["auc"] > 0.90, test
+    saved = json.loads((tmp_path / "run/metrics.json").read_text())
+    assert saved["test"]["auc"] == test["auc"]
+    # the artifact predicts single files exactly like the evaluation did
+    artifact = load_artifact(result.model_dir)
+    rows = list(
+        predict_items(artifact, [InputItem(Path(f"{manifest.root}/pneumoniamnist.npz#test/0"))])
+    )
+    assert rows[0]["prediction"] in ("normal", "pneumonia")

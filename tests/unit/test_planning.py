@@ -1,0 +1,106 @@
+"""Plans: fingerprint-driven choices, JSON/YAML round trips, overrides, budget awareness."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medlens.data import Manifest, load_manifest
+from medlens.data.labels import LabelSpec, check_split_classes, infer_labels
+from medlens.data.synthetic import write_chest_folder
+from medlens.errors import ConfigError, DataError
+from medlens.planning import HardwareFingerprint, Plan, make_plan, parse_overrides, read_config
+from medlens.training.run import ensure_splits
+
+CPU = HardwareFingerprint(cpu_cores=2, torch_threads=2, gpu=None, gpu_memory_gb=None)
+
+
+@pytest.fixture(scope="module")
+def chest(tmp_path_factory: pytest.TempPathFactory) -> Manifest:
+    folder = write_chest_folder(tmp_path_factory.mktemp("chest") / "data", 60, size=24)
+    return ensure_splits(load_manifest(folder))[0]
+
+
+@pytest.fixture(scope="module")
+def plan(chest: Manifest) -> Plan:
+    return make_plan(chest, infer_labels(chest), budget_s=60, hardware=CPU)
+
+
+def test_plan_follows_the_fingerprint(plan: Plan) -> None:
+    assert plan.spatial_dims == 2 and plan.in_channels == 1
+    assert plan.input_size == [24, 24]
+    assert plan.model == "compactnet" and plan.model_options["stem_stride"] == 1
+    assert plan.labels["classes"] == ["nodule", "normal"]
+    assert plan.fingerprint["counts"]["train"] > 0 and plan.hardware["gpu"] is None
+    assert plan.estimates["epoch_s"] > 0 and 1 <= plan.epochs <= 200
+
+
+def test_plan_round_trips_through_json(plan: Plan, tmp_path: Path) -> None:
+    plan.save(tmp_path / "plan.json")
+    assert Plan.load(tmp_path / "plan.json") == plan
+
+
+def test_overrides_are_typed_and_checked(plan: Plan, tmp_path: Path) -> None:
+    changed = plan.with_overrides(
+        parse_overrides(["lr=1e-4", "augmentation.rotate_deg=0", "epochs=3"])
+    )
+    assert changed.lr == 1e-4 and changed.epochs == 3 and changed.augmentation["rotate_deg"] == 0
+    with pytest.raises(ConfigError, match="did you mean 'epochs'"):
+        plan.with_overrides({"epoch": 3})
+    with pytest.raises(ConfigError, match="schedule"):
+        plan.with_overrides({"schedule": "linear"})
+    config = tmp_path / "c.yaml"
+    config.write_text("lr: 0.01\naugmentation:\n  scale: 0.2\nmodel_options:\n  widths: [8, 16]\n")
+    from_yaml = plan.with_overrides(read_config(config))
+    assert from_yaml.lr == 0.01 and from_yaml.augmentation["scale"] == 0.2
+    assert from_yaml.model_options == {"widths": [8, 16]}
+
+
+def test_a_smaller_budget_never_plans_more_work(chest: Manifest) -> None:
+    labels = infer_labels(chest)
+    big = make_plan(chest, labels, budget_s=600, hardware=CPU)
+    small = make_plan(chest, labels, budget_s=2, hardware=CPU)
+    cost = lambda p: p.estimates["epoch_s"] * p.epochs  # noqa: E731
+    assert cost(small) <= cost(big)
+    assert small.epochs <= big.epochs
+
+
+def test_imbalance_gets_class_weights() -> None:
+    from medlens.planning.fingerprint import DatasetFingerprint
+    from medlens.planning.planner import loss_for
+
+    def fp(counts: dict[str, int]) -> DatasetFingerprint:
+        return DatasetFingerprint(
+            {}, 2, [8, 8], [8, 8], [8, 8], [1], [1, 1], {}, "OT", "binary", counts, 1
+        )
+
+    labels = LabelSpec("binary", ["a", "b"], ["a", "b"])
+    assert loss_for(fp({"a": 50, "b": 50}), labels) == ("ce", None)
+    name, weights = loss_for(fp({"a": 90, "b": 10}), labels)
+    assert name == "ce" and weights is not None and weights[1] > weights[0]
+    assert loss_for(fp({"a": 990, "b": 10}), labels)[0] == "focal"
+
+
+def test_label_problems_are_reported(tmp_path: Path) -> None:
+    rows = [{"path": f"{i}.png", "label": "x", "patient_id": str(i)} for i in range(4)]
+    with pytest.raises(DataError, match="only one class"):
+        infer_labels(Manifest(rows, tmp_path))
+    rows = [
+        {"path": f"{i}.png", "label": "ab"[i % 2], "patient_id": str(i), "split": s}
+        for i, s in enumerate(["train"] * 4 + ["val", "val", "test", "test"])
+    ]
+    rows[5]["label"] = "a"  # no 'b' left in validation
+    manifest = Manifest(rows, tmp_path)
+    with pytest.raises(DataError, match="no example in the 'val' split"):
+        check_split_classes(manifest, infer_labels(manifest))
+    multi = [{"path": "a.png", "label_x": "2", "label_y": "0", "patient_id": "1"}]
+    with pytest.raises(DataError, match="expected 0 or 1"):
+        infer_labels(Manifest(multi, tmp_path))
+
+
+def test_multilabel_targets() -> None:
+    spec = LabelSpec("multilabel", ["x", "y"], ["label_x", "label_y"])
+    targets = spec.encode([{"label_x": "1", "label_y": "0"}, {"label_x": "0", "label_y": "1"}])
+    np.testing.assert_array_equal(targets, [[1, 0], [0, 1]])
