@@ -46,7 +46,9 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     folder = write_chest_folder(root / "data", 40, size=16)
     manifest = ensure_splits(load_manifest(folder))[0]
     manifest_path = manifest.write(root / "manifest.csv")
-    plan = make_plan(manifest, infer_labels(manifest), budget_s=30, hardware=CPU).with_overrides(
+    plan = make_plan(
+        manifest, infer_labels(manifest), budget_s=30, hardware=CPU, model="compactnet"
+    ).with_overrides(
         {"epochs": 3, "batch_size": 8, "model_options": {"widths": [4, 8, 8, 16]}, "patience": 10}
     )
     plan_path = plan.save(root / "plan.json")

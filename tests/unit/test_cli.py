@@ -68,6 +68,9 @@ def test_data_split_and_check(tmp_path: Path, run_cli: Callable) -> None:
 def test_demo_offline_uses_phantoms(tmp_path: Path, run_cli: Callable, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.chdir(tmp_path)  # no ../shared/data from here
     monkeypatch.setenv("MEDLENS_CACHE", str(tmp_path / "cache"))
-    result = run_cli("demo", "--offline", "--out", str(tmp_path / "demo"))
+    result = run_cli("demo", "--offline", "--out", str(tmp_path / "demo"), "--budget", "15s")
     assert result.code == 0, result.err
     assert "built-in chest phantoms" in result.out and "no problems found" in result.out
+    assert "AUC" in result.out, result.out  # the headline table
+    assert (tmp_path / "demo/run/report.html").is_file()
+    assert (tmp_path / "demo/run/model/weights.safetensors").is_file()

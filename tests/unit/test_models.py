@@ -21,7 +21,7 @@ SMALL = {
     "resnet18": {"width": 0.125, "small_input": True},
     "resnet34": {"width": 0.125, "small_input": True},
     "resnet50": {"width": 0.125, "small_input": True},
-    "densenet121": {"small_input": True},
+    "densenet121": {"small_input": True, "growth_rate": 4, "init_features": 8},
 }
 SIZE = {2: (20, 20), 3: (12, 12, 12)}
 

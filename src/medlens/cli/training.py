@@ -13,6 +13,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from medlens._fs import atomic_write_text
 from medlens.cli.common import cache_dir, console, err_console, progress_bar
 from medlens.cli.sources import resolve_data
 from medlens.errors import ConfigError
@@ -287,8 +288,6 @@ def evaluate_command(
     )
     out = out or artifact.folder.parent / f"evaluation-{split}"
     out.mkdir(parents=True, exist_ok=True)
-    from medlens._fs import atomic_write_text
-
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     write_report(
         out / "report.html",

@@ -43,7 +43,10 @@ def prepare_demo_data(
             return DemoData(path, "download", f"PneumoniaMNIST (downloaded, MD5 verified): {path}")
         except DownloadError as err:
             log.warning("PneumoniaMNIST download failed (%s); using the built-in phantoms", err)
-    folder = write_chest_folder(out / "chest_phantoms", 600, size=64, seed=0)
+    # nodules larger than the library default, so that a few minutes of training show a result
+    folder = write_chest_folder(
+        out / "chest_phantoms", 600, size=64, seed=0, nodule_radius=(0.05, 0.09)
+    )
     return DemoData(
         folder,
         "phantoms",

@@ -41,11 +41,17 @@ def _ellipse(
 
 
 def chest_phantom(
-    seed: int, index: int = 0, *, size: int = 128, nodule: bool | None = None
+    seed: int,
+    index: int = 0,
+    *,
+    size: int = 128,
+    nodule: bool | None = None,
+    nodule_radius: tuple[float, float] = (0.025, 0.05),
 ) -> PhantomSample:
     """A frontal chest-radiograph-like image: body, two lung fields, ribs, heart, optional nodules.
 
-    Brighter means denser (as on a displayed radiograph). Label 1 means "nodule present".
+    Brighter means denser (as on a displayed radiograph). Label 1 means "nodule present";
+    ``nodule_radius`` is the range of nodule radii as a fraction of the image size.
 
     Example:
         >>> s = chest_phantom(0, 3, size=64, nodule=True)
@@ -74,7 +80,7 @@ def chest_phantom(
         candidates = np.argwhere(lungs & ~heart & ~ribs)
         for _ in range(int(rng.integers(1, 3))):
             cy, cx = candidates[rng.integers(len(candidates))]
-            radius = rng.uniform(0.025, 0.05) * size
+            radius = rng.uniform(*nodule_radius) * size
             disc = (np.arange(size)[:, None] - cy) ** 2 + (
                 np.arange(size)[None, :] - cx
             ) ** 2 <= radius**2
@@ -147,7 +153,9 @@ class PhantomDataset:
     patient_ids: list[str]
 
 
-def chest_dataset(n: int, *, size: int = 64, seed: int = 0) -> PhantomDataset:
+def chest_dataset(
+    n: int, *, size: int = 64, seed: int = 0, nodule_radius: tuple[float, float] = (0.025, 0.05)
+) -> PhantomDataset:
     """``n`` chest phantoms; every third patient contributes two images with the same label."""
     samples: list[PhantomSample] = []
     pids: list[str] = []
@@ -156,7 +164,11 @@ def chest_dataset(n: int, *, size: int = 64, seed: int = 0) -> PhantomDataset:
         label = bool(np.random.default_rng([seed, patient, 7]).random() < 0.5)
         repeats = 2 if patient % 3 == 0 else 1
         for _ in range(min(repeats, n - len(samples))):
-            samples.append(chest_phantom(seed, len(samples), size=size, nodule=label))
+            samples.append(
+                chest_phantom(
+                    seed, len(samples), size=size, nodule=label, nodule_radius=nodule_radius
+                )
+            )
             pids.append(f"P{patient:05d}")
         patient += 1
     return PhantomDataset(
@@ -170,7 +182,14 @@ def chest_dataset(n: int, *, size: int = 64, seed: int = 0) -> PhantomDataset:
 CHEST_CLASSES = ("normal", "nodule")
 
 
-def write_chest_folder(root: str | Path, n: int, *, size: int = 64, seed: int = 0) -> Path:
+def write_chest_folder(
+    root: str | Path,
+    n: int,
+    *,
+    size: int = 64,
+    seed: int = 0,
+    nodule_radius: tuple[float, float] = (0.025, 0.05),
+) -> Path:
     """Write ``n`` chest phantoms as 8-bit PNGs in class sub-folders (``normal/``, ``nodule/``).
 
     File names start with the patient id (``P00003_1.png``) so patient-level splits can find it.
@@ -178,7 +197,7 @@ def write_chest_folder(root: str | Path, n: int, *, size: int = 64, seed: int = 
     from PIL import Image
 
     root = Path(root)
-    data = chest_dataset(n, size=size, seed=seed)
+    data = chest_dataset(n, size=size, seed=seed, nodule_radius=nodule_radius)
     counts: dict[str, int] = {}
     for image, label, pid in zip(data.images, data.labels, data.patient_ids, strict=True):
         folder = root / CHEST_CLASSES[int(label)]

@@ -2,12 +2,41 @@
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from medlens.models.base import MedlensModel, batch_norm, conv, init_weights, max_pool
 from medlens.models.registry import MODELS
+
+
+class GridPool(nn.Module):
+    """Adaptive average pooling to ``grid`` cells per axis, written with slices.
+
+    Same result as ``AdaptiveAvgPool``; the slices export to ONNX for any input size, where the
+    exporter refuses adaptive pooling whose input is not a multiple of the output.
+    """
+
+    def __init__(self, grid: int, spatial_dims: int):
+        super().__init__()
+        self.grid = grid
+        self.spatial_dims = spatial_dims
+
+    def forward(self, x: Tensor) -> Tensor:
+        for axis in range(2, 2 + self.spatial_dims):
+            size = x.shape[axis]
+            cells = [
+                x.narrow(
+                    axis,
+                    i * size // self.grid,
+                    math.ceil((i + 1) * size / self.grid) - i * size // self.grid,
+                ).mean(dim=axis, keepdim=True)
+                for i in range(self.grid)
+            ]
+            x = torch.cat(cells, dim=axis)
+        return x.flatten(1)
 
 
 @MODELS.register("classic-cnn")
@@ -35,9 +64,7 @@ def classic_cnn(
         blocks[f"block{i}"] = nn.Sequential(*layers)
         previous = width
     grid = 4
-    pool = nn.Sequential(
-        (nn.AdaptiveAvgPool2d if spatial_dims == 2 else nn.AdaptiveAvgPool3d)(grid), nn.Flatten()
-    )
+    pool = GridPool(grid, spatial_dims)
     head = nn.Sequential(
         nn.Linear(previous * grid**spatial_dims, dense),
         nn.ReLU(),

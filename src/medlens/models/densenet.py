@@ -26,16 +26,24 @@ def densenet121(
     in_channels: int,
     num_classes: int,
     small_input: bool = False,
+    growth_rate: int = 32,
+    init_features: int = 64,
     dropout: float = 0.0,
 ) -> MedlensModel:
     """DenseNet-121; ``small_input`` swaps the 7x7/2 stem and its pool for a 3x3/1 convolution.
 
     Without it a 28x28 image shrinks to nothing before the last dense block.
     """
-    net = DenseNet121(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=num_classes)
+    net = DenseNet121(
+        spatial_dims=spatial_dims,
+        in_channels=in_channels,
+        out_channels=num_classes,
+        growth_rate=growth_rate,
+        init_features=init_features,
+    )
     body = net.features
     if small_input:
-        body.conv0 = conv(spatial_dims)(in_channels, 64, 3, padding=1, bias=False)
+        body.conv0 = conv(spatial_dims)(in_channels, init_features, 3, padding=1, bias=False)
         body.pool0 = nn.Identity()
     features = nn.Sequential(OrderedDict(body=body, relu=nn.ReLU()))
     return MedlensModel(
@@ -46,5 +54,10 @@ def densenet121(
         features=features,
         head=linear_head(_out_features(net), num_classes, dropout),
         target_layer="features.relu",
-        options={"small_input": small_input, "dropout": dropout},
+        options={
+            "small_input": small_input,
+            "growth_rate": growth_rate,
+            "init_features": init_features,
+            "dropout": dropout,
+        },
     )
