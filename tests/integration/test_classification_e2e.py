@@ -185,3 +185,76 @@ def test_bad_training_inputs_get_one_line_errors(
     assert result.code == 2 and "not found" in result.err  # type: ignore[attr-defined]
     result = run_cli("train", str(one_class), "--out", str(tmp_path / "r"), "--budget", "soon")
     assert result.code == 2 and "budget" in result.err  # type: ignore[attr-defined]
+
+
+def test_cross_validation_ships_an_ensemble(phantoms: Path, tmp_path: Path) -> None:
+    from medlens.data import load_manifest
+    from medlens.inference import load_artifact
+    from medlens.training.run import train_run
+
+    result = train_run(
+        load_manifest(phantoms),
+        tmp_path / "cv",
+        cache_dir=tmp_path / "cache",
+        model="compactnet",
+        folds=2,
+        overrides={"epochs": 3, "batch_size": 16, "model_options": {"widths": [8, 8, 16, 16]}},
+        resamples=100,
+        tensorboard=False,
+    )
+    assert result.metrics["training"]["folds"] == 2 and len(result.results) == 2
+    assert (tmp_path / "cv/fold0/history.csv").is_file() and (
+        tmp_path / "cv/fold1/history.csv"
+    ).is_file()
+    # the operating point comes from out-of-fold predictions on every non-test row
+    n_pool = sum(
+        1 for r in load_manifest(tmp_path / "cv/manifest.csv").rows if r["split"] != "test"
+    )
+    assert result.metrics["val"]["n"] == n_pool
+    artifact = load_artifact(result.model_dir)
+    assert artifact.meta["members"] == ["fold0.safetensors", "fold1.safetensors"]
+    assert len(artifact.members) == 2
+
+
+@pytest.mark.parametrize("task", ["multiclass", "ordinal", "multilabel"])
+def test_other_tasks_train_evaluate_and_predict(phantoms: Path, tmp_path: Path, task: str) -> None:
+    from medlens.data import Manifest, load_manifest
+    from medlens.inference import load_artifact
+    from medlens.inference.predictor import InputItem, predict_items
+    from medlens.training.run import train_run
+
+    base = load_manifest(phantoms)
+    rows = []
+    for i, row in enumerate(base.rows):
+        nodule = row["label"] == "nodule"
+        if task == "multilabel":
+            labels = {"label_nodule": str(int(nodule)), "label_even": str(i % 2)}
+        else:  # three grades: no nodule, nodule in an even / odd patient
+            labels = {"label": "0" if not nodule else str(1 + i % 2)}
+        rows.append({"path": row["path"], "patient_id": row["patient_id"], **labels})
+    manifest = Manifest(rows, base.root)
+    result = train_run(
+        manifest,
+        tmp_path / task,
+        cache_dir=tmp_path / "cache",
+        model="compactnet",
+        task=None if task == "multilabel" else task,
+        overrides={"epochs": 2, "batch_size": 16, "model_options": {"widths": [8, 8, 16, 16]}},
+        resamples=50,
+        tensorboard=False,
+    )
+    metrics = result.metrics
+    assert metrics["task"] == task
+    assert len(metrics["test"]["per_class"]) == (2 if task == "multilabel" else 3)
+    assert 0 <= metrics["test"]["auc"] <= 1 and "auc" in metrics["test"]["ci"]
+    if task == "multilabel":
+        assert isinstance(metrics["threshold"], list) and len(metrics["threshold"]) == 2
+    else:
+        assert metrics["threshold"] is None and len(metrics["test"]["confusion_matrix"]) == 3
+    artifact = load_artifact(result.model_dir)
+    first = next((phantoms / "nodule").glob("*.png"))
+    row = next(predict_items(artifact, [InputItem(first)]))
+    probabilities = [v for k, v in row.items() if k.startswith("p_")]
+    assert len(probabilities) == (2 if task == "multilabel" else 3)
+    if task != "multilabel":
+        assert abs(sum(probabilities) - 1) < 1e-5

@@ -132,6 +132,135 @@ def _fold_manifest(manifest: Manifest, fold: int) -> Manifest:
     return Manifest(rows, manifest.root)
 
 
+@dataclass(frozen=True)
+class _Context:
+    """What every training member shares."""
+
+    plan: Plan
+    labels: LabelSpec
+    run_dir: Path
+    cache_dir: Path
+    device: str
+    resume: bool
+    tensorboard: bool
+    tta_flips: tuple[int, ...]
+    on_event: Event | None
+
+
+def _resolve_plan(
+    manifest: Manifest,
+    labels: LabelSpec,
+    plan_path: Path,
+    *,
+    plan: Plan | None,
+    resume: bool,
+    budget_s: float,
+    model: str | None,
+    overrides: dict[str, Any] | None,
+    seed: int,
+) -> Plan:
+    """The run's own plan when resuming, else the given one, else a new one; then overrides."""
+    if resume and plan_path.exists():
+        plan = Plan.load(plan_path)
+    elif plan is None:
+        source = (overrides or {}).get("init_from")
+        if source:  # fine-tuning keeps the pre-trained architecture
+            arch = load_artifact(source).meta["architecture"]
+            model, overrides = arch["name"], {"model_options": arch["options"], **(overrides or {})}
+        plan = make_plan(manifest, labels, budget_s=budget_s, model=model, seed=seed)
+    if overrides:
+        plan = plan.with_overrides(overrides)
+    if plan.labels != labels.to_dict():
+        raise ConfigError(
+            f"the plan was made for classes {plan.labels['classes']}, the data has {labels.classes}",
+            fix="make a new plan for this data (`medlens plan`)",
+        )
+    plan.save(plan_path)
+    return plan
+
+
+def _fit(ctx: _Context, data: PreparedData, out: Path, deadline_s: float) -> TrainResult:
+    trainer = Trainer(
+        ctx.plan,
+        data,
+        out,
+        device=ctx.device,
+        on_event=ctx.on_event,
+        deadline_s=deadline_s,
+        tensorboard=ctx.tensorboard,
+        init_model=_initial_model(ctx.plan),
+    )
+    return trainer.fit(resume=ctx.resume)
+
+
+def _train_folds(
+    ctx: _Context, manifest: Manifest, folds: int, seed: int, stage: Callable[[str], None]
+) -> tuple[list[TrainResult], SplitScores]:
+    """k patient-grouped folds; validation scores are the out-of-fold predictions."""
+    folded = kfold(manifest, folds, seed=seed)
+    results, parts = [], []
+    for fold in range(folds):
+        stage(f"training fold {fold + 1}/{folds}: {ctx.plan.model}, {ctx.plan.epochs} epochs")
+        fold_data = prepare_data(
+            _fold_manifest(folded, fold), ctx.labels, ctx.plan.pipeline(), ctx.cache_dir
+        )
+        results.append(
+            _fit(ctx, fold_data, ctx.run_dir / f"fold{fold}", ctx.plan.budget_s * 1.25 / folds)
+        )
+        parts.append(_scores(fold_data, "val", [results[-1].model], ctx.device, ctx.tta_flips))
+    val = SplitScores(
+        "val (out-of-fold)",
+        np.concatenate([p.indices for p in parts]),
+        np.concatenate([p.targets for p in parts]),
+        np.concatenate([p.logits for p in parts]),
+        [g for p in parts for g in p.groups],
+    )
+    return results, val
+
+
+def _save_outputs(
+    ctx: _Context,
+    data: PreparedData,
+    results: list[TrainResult],
+    test: SplitScores,
+    metrics: dict[str, Any],
+    *,
+    title: str,
+    how: str,
+) -> Path:
+    """metrics.json, the model artifact and report.html."""
+    plan = ctx.plan
+    atomic_write_text(ctx.run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    headline = {k: metrics["test"][k] for k in HEADLINE if k in metrics["test"]}
+    model_dir = save_artifact(
+        ctx.run_dir / "model",
+        [r.model.cpu() for r in results],
+        labels=ctx.labels,
+        preprocessing=plan.preprocessing,
+        plan=json.loads(plan.to_json()),
+        operating_point={
+            "temperature": metrics["temperature"],
+            "threshold": metrics["threshold"],
+            "method": metrics["threshold_method"],
+            "tta_flips": list(ctx.tta_flips),
+        },
+        metrics={"test": headline, "ci": metrics["test"]["ci"], "n_test": metrics["test"]["n"]},
+        data_hash=data.data_hash,
+    )
+    write_report(
+        ctx.run_dir / "report.html",
+        metrics,
+        title=title,
+        history=results[0].history,
+        cases=gallery(data, test, ctx.labels, metrics),
+        notes=[
+            f"split: {how}; training stopped: {', '.join(r.stopped for r in results)}",
+            *plan.notes,
+        ],
+    )
+    return model_dir
+
+
 def train_run(
     manifest: Manifest,
     run_dir: str | Path,
@@ -155,7 +284,7 @@ def train_run(
     title: str | None = None,
 ) -> RunResult:
     """Train, evaluate on test, and write ``plan.json``, ``metrics.json``, ``report.html`` and
-    ``model/`` into ``run_dir``.
+    ``model/`` into ``run_dir``. ``folds=k`` trains k fold models and ships their ensemble.
 
     Example:
         >>> result = train_run(load_manifest("pneumoniamnist.npz"), "runs/pneu", cache_dir=".cache", budget_s=300)  # doctest: +SKIP
@@ -169,74 +298,39 @@ def train_run(
     manifest, how = ensure_splits(manifest, seed=seed)
     check_split_classes(manifest, labels)
     manifest.write(run_dir / "manifest.csv")
-    plan_path = run_dir / "plan.json"
-    if resume and plan_path.exists():
-        plan = Plan.load(plan_path)
-    elif plan is None:
-        stage(f"planning (budget {budget_s:.0f} s; split: {how})")
-        source = (overrides or {}).get("init_from")
-        if source:  # fine-tuning keeps the pre-trained architecture
-            arch = load_artifact(source).meta["architecture"]
-            model, overrides = arch["name"], {"model_options": arch["options"], **(overrides or {})}
-        plan = make_plan(manifest, labels, budget_s=budget_s, model=model, seed=seed)
-    if overrides:
-        plan = plan.with_overrides(overrides)
-    if plan.labels != labels.to_dict():
-        raise ConfigError(
-            f"the plan was made for classes {plan.labels['classes']}, the data has {labels.classes}",
-            fix="make a new plan for this data (`medlens plan`)",
-        )
-    plan.save(plan_path)
-    device = pick_device(device)
+    stage(f"planning (budget {budget_s:.0f} s; split: {how})")
+    plan = _resolve_plan(
+        manifest,
+        labels,
+        run_dir / "plan.json",
+        plan=plan,
+        resume=resume,
+        budget_s=budget_s,
+        model=model,
+        overrides=overrides,
+        seed=seed,
+    )
+    ctx = _Context(
+        plan,
+        labels,
+        run_dir,
+        Path(cache_dir),
+        pick_device(device),
+        resume,
+        tensorboard,
+        tta_flips,
+        on_event,
+    )
     stage(f"preprocessing into the cache ({len(manifest)} images)")
     data = prepare_data(manifest, labels, plan.pipeline(), cache_dir, in_channels=plan.in_channels)
-    deadline = plan.budget_s * 1.25
-    results: list[TrainResult] = []
     if folds:
-        folded = kfold(manifest, folds, seed=seed)
-        val_parts = []
-        for fold in range(folds):
-            stage(f"training fold {fold + 1}/{folds}: {plan.model}, {plan.epochs} epochs")
-            fold_data = prepare_data(
-                _fold_manifest(folded, fold), labels, plan.pipeline(), cache_dir
-            )
-            trainer = Trainer(
-                plan,
-                fold_data,
-                run_dir / f"fold{fold}",
-                device=device,
-                on_event=on_event,
-                deadline_s=deadline / folds,
-                tensorboard=tensorboard,
-                init_model=_initial_model(plan),
-            )
-            results.append(trainer.fit(resume=resume))
-            val_parts.append(_scores(fold_data, "val", [results[-1].model], device, tta_flips))
-        order = np.concatenate([p.indices for p in val_parts])
-        val = SplitScores(
-            "val (out-of-fold)",
-            order,
-            np.concatenate([p.targets for p in val_parts]),
-            np.concatenate([p.logits for p in val_parts]),
-            [g for p in val_parts for g in p.groups],
-        )
+        results, val = _train_folds(ctx, manifest, folds, seed, stage)
     else:
-        stage(f"training {plan.model} for up to {plan.epochs} epochs on {device}")
-        trainer = Trainer(
-            plan,
-            data,
-            run_dir,
-            device=device,
-            on_event=on_event,
-            deadline_s=deadline,
-            tensorboard=tensorboard,
-            init_model=_initial_model(plan),
-        )
-        results.append(trainer.fit(resume=resume))
-        val = _scores(data, "val", [results[0].model], device, tta_flips)
-    members = [r.model for r in results]
+        stage(f"training {plan.model} for up to {plan.epochs} epochs on {ctx.device}")
+        results = [_fit(ctx, data, run_dir, plan.budget_s * 1.25)]
+        val = _scores(data, "val", [results[0].model], ctx.device, tta_flips)
     stage("evaluating on the test split")
-    test = _scores(data, "test", members, device, tta_flips)
+    test = _scores(data, "test", [r.model for r in results], ctx.device, tta_flips)
     metrics = evaluate_scores(
         val, test, labels, sensitivity=sensitivity, resamples=resamples, seed=seed
     )
@@ -247,37 +341,11 @@ def train_run(
         "stopped": [r.stopped for r in results],
         "seconds": round(sum(r.seconds for r in results), 1),
         "seed": plan.seed,
-        "device": device,
+        "device": ctx.device,
         "folds": folds,
         "tta_flips": list(tta_flips),
         "split": how,
     }
-    atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    headline = {k: metrics["test"][k] for k in HEADLINE if k in metrics["test"]}
-    model_dir = save_artifact(
-        run_dir / "model",
-        [m.cpu() for m in members],
-        labels=labels,
-        preprocessing=plan.preprocessing,
-        plan=json.loads(plan.to_json()),
-        operating_point={
-            "temperature": metrics["temperature"],
-            "threshold": metrics["threshold"],
-            "method": metrics["threshold_method"],
-            "tta_flips": list(tta_flips),
-        },
-        metrics={"test": headline, "ci": metrics["test"]["ci"], "n_test": metrics["test"]["n"]},
-        data_hash=data.data_hash,
-    )
-    write_report(
-        run_dir / "report.html",
-        metrics,
-        title=title or f"medlens: {plan.model} on {manifest.root.name or 'data'}",
-        history=results[0].history,
-        cases=gallery(data, test, labels, metrics),
-        notes=[
-            f"split: {how}; training stopped: {', '.join(r.stopped for r in results)}",
-            *plan.notes,
-        ],
-    )
+    title = title or f"medlens: {plan.model} on {manifest.root.name or 'data'}"
+    model_dir = _save_outputs(ctx, data, results, test, metrics, title=title, how=how)
     return RunResult(run_dir, model_dir, plan, metrics, results)
