@@ -1,0 +1,66 @@
+"""Prediction inputs: DICOM series folders, single files, wrong dimensionality, unreadable files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from medlens.data.fake_dicom import SeriesSpec, write_dicom_series
+from medlens.data.labels import LabelSpec
+from medlens.errors import DataError
+from medlens.inference import load_artifact, save_artifact
+from medlens.inference.predictor import expand_inputs, predict_items, write_predictions
+from medlens.io import MedicalImage, write_image
+from medlens.models import create_model
+
+
+@pytest.fixture
+def model_3d(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    model = create_model("compactnet", 3, 1, 2, widths=(4, 4, 8, 8), stem_stride=2)
+    return save_artifact(
+        tmp_path / "model",
+        [model],
+        labels=LabelSpec("binary", ["normal", "lesion"], ["0", "1"]),
+        preprocessing=[{"name": "zscore"}, {"name": "resize", "shape": [12, 12, 12]}],
+        plan={"input_size": [12, 12, 12]},
+        operating_point={"temperature": 1.5, "threshold": 0.4, "method": "youden"},
+        metrics={},
+        data_hash="test",
+    )
+
+
+def test_series_folders_files_and_bad_inputs(model_3d: Path, tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    studies = tmp_path / "studies"
+    write_dicom_series(rng.normal(0, 100, (10, 16, 16)), studies / "a", SeriesSpec(series_number=1))
+    write_dicom_series(rng.normal(0, 100, (8, 20, 20)), studies / "b", SeriesSpec(series_number=2))
+    nifti = write_image(
+        MedicalImage(rng.normal(size=(1, 9, 9, 9)).astype(np.float32)), tmp_path / "v.nii.gz"
+    )
+    flat = write_image(MedicalImage(rng.random((1, 16, 16)).astype(np.float32)), tmp_path / "x.png")
+    items = expand_inputs([studies, nifti, flat])
+    assert len(items) == 4 and sum(1 for i in items if i.series_uid) == 2
+    artifact = load_artifact(model_3d)
+    rows = list(predict_items(artifact, items, batch_size=3))
+    assert len(rows) == 4
+    good = [r for r in rows if "error" not in r]
+    assert len(good) == 3
+    for row in good:
+        assert row["prediction"] == ("lesion" if row["p_lesion"] >= 0.4 else "normal")
+        assert row["p_lesion"] + row["p_normal"] == pytest.approx(1, abs=1e-5)
+    bad = next(r for r in rows if "error" in r)
+    assert "x.png" in bad["input"] and "2D image was given to a 3D model" in bad["error"]
+    out = write_predictions(rows, tmp_path / "p.csv", {"name": "m"})
+    assert out.read_text().count("\n") == 5
+
+
+def test_nothing_to_predict_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no images found"):
+        expand_inputs([tmp_path / "empty"])
+    with pytest.raises(DataError, match="not found"):
+        expand_inputs([tmp_path / "missing"])
