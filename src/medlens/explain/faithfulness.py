@@ -1,0 +1,124 @@
+"""Is a relevance map faithful to the model? Deletion/insertion curves against random maps,
+and, where the truth is known, the pointing game and the energy inside the region."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from scipy import ndimage
+from torch import nn
+
+from medlens.models.forward import to_probabilities
+
+
+@dataclass(frozen=True)
+class Faithfulness:
+    """Areas under the deletion (lower is better) and insertion (higher is better) curves, the
+    same for random maps, and ``flagged`` when deletion is no better than random."""
+
+    deletion_auc: float
+    insertion_auc: float
+    random_deletion_auc: float
+    random_insertion_auc: float
+    deletion_curve: list[float]
+    insertion_curve: list[float]
+
+    @property
+    def flagged(self) -> bool:
+        return self.deletion_auc >= self.random_deletion_auc
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "deletion_auc": round(self.deletion_auc, 5),
+            "insertion_auc": round(self.insertion_auc, 5),
+            "random_deletion_auc": round(self.random_deletion_auc, 5),
+            "random_insertion_auc": round(self.random_insertion_auc, 5),
+            "flagged_no_better_than_random": self.flagged,
+            "deletion_curve": [round(v, 5) for v in self.deletion_curve],
+            "insertion_curve": [round(v, 5) for v in self.insertion_curve],
+        }
+
+
+@torch.no_grad()
+def _curves(
+    model: nn.Module,
+    image: NDArray[np.float32],
+    relevance: NDArray[np.float32],
+    class_index: int,
+    steps: int,
+    multilabel: bool,
+) -> tuple[list[float], list[float]]:
+    """Class probability as the most relevant voxels are replaced by a blurred copy (deletion)
+    or revealed on top of it (insertion), in ``steps`` equal fractions, in one batch."""
+    blurred = np.stack(
+        [ndimage.gaussian_filter(c, sigma=max(1.0, min(c.shape) / 16)) for c in image]
+    )
+    order = np.argsort(-relevance.ravel(), kind="stable")
+    n = order.size
+    deleted, inserted = [], []
+    for k in range(steps + 1):
+        chosen = np.zeros(n, bool)
+        chosen[order[: round(k * n / steps)]] = True
+        mask = chosen.reshape(relevance.shape)[None]
+        deleted.append(np.where(mask, blurred, image))
+        inserted.append(np.where(mask, image, blurred))
+    batch = torch.from_numpy(np.stack(deleted + inserted).astype(np.float32))
+    model.eval()
+    probs = to_probabilities(model(batch).cpu().numpy(), multilabel=multilabel)[:, class_index]
+    return probs[: steps + 1].tolist(), probs[steps + 1 :].tolist()
+
+
+def _area(curve: list[float]) -> float:
+    return float(np.trapezoid(curve, dx=1.0 / (len(curve) - 1)))
+
+
+def faithfulness(
+    model: nn.Module,
+    image: NDArray[np.float32],
+    relevance: NDArray[np.float32],
+    class_index: int,
+    *,
+    steps: int = 20,
+    random_maps: int = 3,
+    multilabel: bool = False,
+    seed: int = 0,
+) -> Faithfulness:
+    """Deletion/insertion areas of ``relevance`` (spatial shape of ``image`` (C, *spatial)),
+    and their mean over ``random_maps`` random relevance maps as the baseline."""
+    deletion, insertion = _curves(model, image, relevance, class_index, steps, multilabel)
+    rng = np.random.default_rng(seed)
+    random_del, random_ins = [], []
+    for _ in range(random_maps):
+        noise = rng.random(relevance.shape).astype(np.float32)
+        d, i = _curves(model, image, noise, class_index, steps, multilabel)
+        random_del.append(_area(d))
+        random_ins.append(_area(i))
+    return Faithfulness(
+        _area(deletion),
+        _area(insertion),
+        float(np.mean(random_del)),
+        float(np.mean(random_ins)),
+        deletion,
+        insertion,
+    )
+
+
+def pointing_game(
+    relevance: NDArray[np.float32], region: NDArray[Any], *, tolerance: int = 1
+) -> bool:
+    """Does the map's maximum fall inside the (slightly dilated) ground-truth region?"""
+    region = np.asarray(region, bool)
+    if tolerance:
+        region = ndimage.binary_dilation(region, iterations=tolerance)
+    return bool(region.ravel()[int(np.argmax(relevance))])
+
+
+def energy_inside(relevance: NDArray[np.float32], region: NDArray[Any]) -> float:
+    """Fraction of the (non-negative) map's total inside the region."""
+    positive = np.clip(relevance, 0, None)
+    total = float(positive.sum())
+    return float(positive[np.asarray(region, bool)].sum()) / total if total > 0 else 0.0
