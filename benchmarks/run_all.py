@@ -11,6 +11,7 @@ from benchmarks import (
     bench_augment,
     bench_cache_epoch,
     bench_classification,
+    bench_explain_phantoms,
     bench_inference_latency,
     bench_series_loading,
     bench_training_throughput,
@@ -18,7 +19,13 @@ from benchmarks import (
 )
 
 if __name__ == "__main__":
-    quick = (bench_series_loading, bench_cache_epoch, bench_augment, bench_inference_latency)
+    quick = (
+        bench_series_loading,
+        bench_cache_epoch,
+        bench_augment,
+        bench_inference_latency,
+        bench_explain_phantoms,
+    )
     # the training benchmarks last: classification quality is 3 seeds x 2 datasets x 10 minutes
     for module in (*quick, bench_training_throughput, bench_transfer, bench_classification):
         print(f"== {module.__name__}", flush=True)
