@@ -1,4 +1,4 @@
-"""Entry point: ``medlens info | convert | data | plan | train | evaluate | predict | export | models | demo``."""
+"""Entry point: ``medlens info | convert | data | plan | train | evaluate | predict | export | explain | models | demo``."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from medlens.cli import training
 from medlens.cli.common import console, err_console, mask_id, progress_bar
 from medlens.cli.data import data_app
 from medlens.cli.demo import run_demo
+from medlens.cli.explain import explain_command
 from medlens.errors import MedlensError
 from medlens.io import (
     MedicalImage,
@@ -39,6 +40,7 @@ app.command("train")(training.train_command)
 app.command("evaluate")(training.evaluate_command)
 app.command("predict")(training.predict_command)
 app.command("export")(training.export_command)
+app.command("explain")(explain_command)
 _state = {"debug": False}
 
 

@@ -1,13 +1,32 @@
-"""Explanations and their measured faithfulness (work in progress: CAMs and faithfulness so far)."""
+"""Explanations of any medlens model (2D and 3D) and measured faithfulness of each one."""
 
-from medlens.explain.cam import CAM_METHODS, cam_maps
-from medlens.explain.faithfulness import Faithfulness, energy_inside, faithfulness, pointing_game
+from medlens.explain.explainer import METHODS, UNITS, Explanation, explain_batch, relevance_maps
+from medlens.explain.faithfulness import (
+    Faithfulness,
+    energy_inside,
+    faithfulness,
+    pointing_game,
+    randomised_copy,
+    rank_similarity,
+)
+from medlens.explain.gradcam import CAM_METHODS, cam_maps
+from medlens.explain.integrated import integrated_gradient_maps
+from medlens.explain.occlusion import occlusion_maps
 
 __all__ = [
     "CAM_METHODS",
+    "METHODS",
+    "UNITS",
+    "Explanation",
     "Faithfulness",
     "cam_maps",
     "energy_inside",
+    "explain_batch",
     "faithfulness",
+    "integrated_gradient_maps",
+    "occlusion_maps",
     "pointing_game",
+    "randomised_copy",
+    "rank_similarity",
+    "relevance_maps",
 ]

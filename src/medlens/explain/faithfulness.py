@@ -1,18 +1,23 @@
-"""Is a relevance map faithful to the model? Deletion/insertion curves against random maps,
-and, where the truth is known, the pointing game and the energy inside the region."""
+"""Is a relevance map faithful to the model? Deletion/insertion curves against random maps, the
+model-randomisation check (Adebayo et al. 2018), and, where the truth is known, the pointing game
+(Zhang et al. 2016) and the energy inside the region."""
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
-from scipy import ndimage
+from scipy import ndimage, stats
 from torch import nn
 
-from medlens.models.forward import to_probabilities
+from medlens.explain.scoring import blurred, class_probabilities
+
+#: maps whose rank correlation with the randomised model's maps reaches this fail the check
+RANDOMISATION_LIMIT = 0.5
 
 
 @dataclass(frozen=True)
@@ -54,9 +59,7 @@ def _curves(
 ) -> tuple[list[float], list[float]]:
     """Class probability as the most relevant voxels are replaced by a blurred copy (deletion)
     or revealed on top of it (insertion), in ``steps`` equal fractions, in one batch."""
-    blurred = np.stack(
-        [ndimage.gaussian_filter(c, sigma=max(1.0, min(c.shape) / 16)) for c in image]
-    )
+    removed = blurred(image)
     order = np.argsort(-relevance.ravel(), kind="stable")
     n = order.size
     deleted, inserted = [], []
@@ -64,12 +67,14 @@ def _curves(
         chosen = np.zeros(n, bool)
         chosen[order[: round(k * n / steps)]] = True
         mask = chosen.reshape(relevance.shape)[None]
-        deleted.append(np.where(mask, blurred, image))
-        inserted.append(np.where(mask, image, blurred))
-    batch = torch.from_numpy(np.stack(deleted + inserted).astype(np.float32))
+        deleted.append(np.where(mask, removed, image))
+        inserted.append(np.where(mask, image, removed))
     model.eval()
-    probs = to_probabilities(model(batch).cpu().numpy(), multilabel=multilabel)[:, class_index]
-    return probs[: steps + 1].tolist(), probs[steps + 1 :].tolist()
+    probs = []
+    for batch in np.array_split(np.stack(deleted + inserted).astype(np.float32), 2 + steps // 16):
+        p = class_probabilities(model, torch.from_numpy(batch), multilabel=multilabel)
+        probs.extend(p[:, class_index].tolist())
+    return probs[: steps + 1], probs[steps + 1 :]
 
 
 def _area(curve: list[float]) -> float:
@@ -91,9 +96,10 @@ def faithfulness(
     and their mean over ``random_maps`` random relevance maps as the baseline."""
     deletion, insertion = _curves(model, image, relevance, class_index, steps, multilabel)
     rng = np.random.default_rng(seed)
+    sigma = max(1.0, min(relevance.shape) / 16)  # random blobs, not salt and pepper
     random_del, random_ins = [], []
     for _ in range(random_maps):
-        noise = rng.random(relevance.shape).astype(np.float32)
+        noise = ndimage.gaussian_filter(rng.random(relevance.shape), sigma).astype(np.float32)
         d, i = _curves(model, image, noise, class_index, steps, multilabel)
         random_del.append(_area(d))
         random_ins.append(_area(i))
@@ -107,13 +113,41 @@ def faithfulness(
     )
 
 
+M = TypeVar("M", bound=nn.Module)
+
+
+def randomised_copy(model: M, *, seed: int = 0) -> M:
+    """A copy of ``model`` with every layer re-initialised (the global RNG is left untouched)."""
+    clone = copy.deepcopy(model)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for module in clone.modules():
+            reset = getattr(module, "reset_parameters", None)
+            if callable(reset):
+                reset()
+    return clone.eval()
+
+
+def rank_similarity(a: NDArray[Any], b: NDArray[Any]) -> float:
+    """Spearman correlation of two maps' absolute values; 0 when either is constant."""
+    x, y = np.abs(a).ravel(), np.abs(b).ravel()
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return 0.0
+    return float(stats.spearmanr(x, y).statistic)
+
+
 def pointing_game(
-    relevance: NDArray[np.float32], region: NDArray[Any], *, tolerance: int = 1
+    relevance: NDArray[np.float32], region: NDArray[Any], *, tolerance: int | None = None
 ) -> bool:
-    """Does the map's maximum fall inside the (slightly dilated) ground-truth region?"""
+    """Does the map's maximum fall inside the ground-truth region, dilated by ``tolerance``
+    voxels? The default is Zhang et al.'s 15 px at 224 px, scaled to the image's largest side."""
     region = np.asarray(region, bool)
+    if tolerance is None:
+        tolerance = round(15 / 224 * max(region.shape))
+    if not region.any():
+        return False
     if tolerance:
-        region = ndimage.binary_dilation(region, iterations=tolerance)
+        region = ndimage.distance_transform_edt(~region) <= tolerance
     return bool(region.ravel()[int(np.argmax(relevance))])
 
 

@@ -126,6 +126,10 @@ class Artifact:
 
     def preprocess(self, image: MedicalImage, *, source: str = "") -> NDArray[np.float32]:
         """The artifact's own preprocessing; grey/colour mismatches are converted automatically."""
+        return self.prepared(image, source=source).array.astype(np.float32, copy=False)
+
+    def prepared(self, image: MedicalImage, *, source: str = "") -> MedicalImage:
+        """:meth:`preprocess` keeping the geometry: the voxels a model (and its maps) sees."""
         if image.spatial_dims != self.spatial_dims:
             raise DataError(
                 f"a {image.spatial_dims}D image was given to a {self.spatial_dims}D model",
@@ -134,7 +138,7 @@ class Artifact:
             )
         if image.channels != self.in_channels:
             image = Channels(self.in_channels)(image)
-        return self.pipeline(image).array.astype(np.float32, copy=False)
+        return self.pipeline(image)
 
     def logits(
         self, batch: NDArray[np.float32], *, device: str = "cpu", tta_flips: tuple[int, ...] = ()

@@ -14,6 +14,7 @@ from torch import nn
 
 from medlens._fs import atomic_path
 from medlens.errors import ArtifactError
+from medlens.models.forward import combined
 
 log = logging.getLogger(__name__)
 
@@ -23,15 +24,6 @@ class ExportReport:
     path: Path
     max_abs_diff: float
     batch_sizes: tuple[int, ...]
-
-
-class _Ensemble(nn.Module):
-    def __init__(self, members: Sequence[nn.Module]):
-        super().__init__()
-        self.members = nn.ModuleList(members)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([m(x) for m in self.members]).mean(dim=0)
 
 
 def export_onnx(
@@ -47,7 +39,7 @@ def export_onnx(
     then run ONNX Runtime and torch on random inputs and report the largest logit difference."""
     import onnxruntime as ort
 
-    model = (members[0] if len(members) == 1 else _Ensemble(members)).eval()
+    model = combined(members).eval()
     path = Path(path)
     example = torch.randn(2, *input_shape)
     with atomic_path(path) as tmp, warnings.catch_warnings():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -45,3 +46,19 @@ def to_probabilities(
     e = np.exp(z)
     probs: NDArray[np.float64] = e / e.sum(axis=1, keepdims=True)
     return probs
+
+
+class MeanLogits(nn.Module):
+    """An ensemble as one module: the mean of its members' logits (what artifacts predict)."""
+
+    def __init__(self, members: Sequence[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x) for m in self.members]).mean(dim=0)
+
+
+def combined(members: Sequence[nn.Module]) -> nn.Module:
+    """The single member itself, or a :class:`MeanLogits` of several."""
+    return members[0] if len(members) == 1 else MeanLogits(members)
