@@ -2,6 +2,7 @@
 
 from medlens.explain.explainer import METHODS, UNITS, Explanation, explain_batch, relevance_maps
 from medlens.explain.faithfulness import (
+    RANDOMISATION_LIMIT,
     Faithfulness,
     energy_inside,
     faithfulness,
@@ -16,6 +17,7 @@ from medlens.explain.occlusion import occlusion_maps
 __all__ = [
     "CAM_METHODS",
     "METHODS",
+    "RANDOMISATION_LIMIT",
     "UNITS",
     "Explanation",
     "Faithfulness",

@@ -88,7 +88,7 @@ def explain_inputs(
     out.mkdir(parents=True, exist_ok=True)
     if class_name is not None:
         class_index(artifact, class_name)  # fail before any work
-    entries: list[dict[str, Any]] = []
+    numbered: list[tuple[int, dict[str, Any]]] = []
     for start in range(0, len(items), batch_size):
         loaded: list[tuple[int, InputItem, MedicalImage, MedicalImage]] = []
         for k, item in enumerate(items[start : start + batch_size], start=start):
@@ -96,13 +96,14 @@ def explain_inputs(
                 image = read_image(item.path, series_uid=item.series_uid)
                 loaded.append((k, item, image, artifact.prepared(image, source=item.name)))
             except MedlensError as err:
-                entries.append({"input": item.name, "error": str(err)})
+                numbered.append((k, {"input": item.name, "error": str(err)}))
         if loaded:
-            entries += _explain_loaded(
+            numbered += _explain_loaded(
                 artifact, loaded, out, method, class_name, layer, window, randomisation
             )
         if progress is not None:
             progress(min(start + batch_size, len(items)), len(items))
+    entries = [entry for _, entry in sorted(numbered, key=lambda pair: pair[0])]
     document = {
         "model": {"name": artifact.meta["name"], "version": artifact.meta["version"]},
         "method": method,
@@ -123,7 +124,7 @@ def _explain_loaded(
     layer: str | None,
     window: tuple[float, float] | None,
     randomisation: bool,
-) -> list[dict[str, Any]]:
+) -> list[tuple[int, dict[str, Any]]]:
     batch = np.stack([grid.array.astype(np.float32) for *_, grid in loaded])
     probs = artifact.probabilities(artifact.logits(batch))
     decisions = artifact.decide(probs)
@@ -154,16 +155,20 @@ def _explain_loaded(
         )
         atomic_write_bytes(out / f"{stem}_overlay.png", png)
         entries.append(
-            {
-                "input": item.name,
-                "prediction": decision,
-                "probabilities": {
-                    c: round(float(v), 6) for c, v in zip(artifact.labels.classes, p, strict=True)
+            (
+                k,
+                {
+                    "input": item.name,
+                    "prediction": decision,
+                    "probabilities": {
+                        c: round(float(v), 6)
+                        for c, v in zip(artifact.labels.classes, p, strict=True)
+                    },
+                    **e.to_dict(),
+                    "overlay": f"{stem}_overlay.png",
+                    "maps": _write_map(out, stem, grid, e.relevance),
                 },
-                **e.to_dict(),
-                "overlay": f"{stem}_overlay.png",
-                "maps": _write_map(out, stem, grid, e.relevance),
-            }
+            )
         )
     return entries
 
