@@ -293,7 +293,7 @@ def evaluate_command(
         out / "report.html",
         metrics,
         title=f"medlens: {artifact.meta['name']} on {data} ({split})",
-        cases=gallery(prepared, test, artifact.labels, metrics),
+        cases=gallery(prepared, test, artifact.labels, metrics, artifact.members),
     )
     console.print(
         headline_table(metrics, f"{artifact.meta['name']} on {split} (n={metrics['test']['n']})")

@@ -20,11 +20,13 @@ HEADLINE = ("auc", "accuracy", "sensitivity", "specificity", "ppv", "npv", "f1",
 
 @dataclass(frozen=True)
 class Case:
-    """A test case for the gallery: a 2D view, what was true, what was predicted."""
+    """A test case for the gallery: a 2D view, what was true, what was predicted, and where the
+    model looked (a Grad-CAM map of the predicted class on the same view, when known)."""
 
     image: NDArray[np.float32]
     title: str
     correct: bool
+    relevance: NDArray[np.float32] | None = None
 
 
 def _figure() -> Any:
@@ -140,6 +142,8 @@ def _gallery(cases: Sequence[Case]) -> str:
         ax.axis("off")
     for ax, case in zip(axes.ravel(), cases, strict=False):
         ax.imshow(case.image, cmap="gray")
+        if case.relevance is not None:
+            ax.imshow(case.relevance, cmap="inferno", alpha=0.55 * np.clip(case.relevance, 0, 1))
         ax.set_title(case.title, fontsize=6.5, color="green" if case.correct else "red")
     return _png(fig)
 
@@ -196,7 +200,9 @@ and applied unchanged to test; probabilities calibrated by temperature scaling f
 <h2>ROC and precision-recall</h2>{_curves(metrics)}
 <h2>Confusion matrix and calibration</h2>{_confusion_and_calibration(metrics)}
 <h2>Learning curves</h2>{_learning_curves(history)}
-<h2>Test cases (green: correct, red: wrong)</h2>{_gallery(cases)}
+<h2>Test cases (green: correct, red: wrong)</h2>
+<p class="note">{"Overlay: Grad-CAM of the predicted class (where the model looked); run `medlens explain` for faithfulness figures." if any(c.relevance is not None for c in cases) else ""}</p>
+{_gallery(cases)}
 </body></html>
 """
     atomic_write_text(path, body)

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from medlens._fs import atomic_write_text
 from medlens.data.labels import LabelSpec, check_split_classes, infer_labels
@@ -21,6 +22,7 @@ from medlens.data.splits import kfold, patient_split
 from medlens.errors import ConfigError
 from medlens.evaluation import Case, SplitScores, evaluate_scores, write_report
 from medlens.evaluation.evaluate import HEADLINE, decisions_for
+from medlens.explain import relevance_maps
 from medlens.inference.artifact import load_artifact, save_artifact
 from medlens.models import MedlensModel
 from medlens.models.forward import batched_logits, to_probabilities
@@ -73,13 +75,19 @@ def _scores(
     return SplitScores(split, idx, data.targets[idx], logits.astype(np.float32), groups)
 
 
-def _view(image: np.ndarray) -> np.ndarray:
-    """A 2D picture of a (C, *spatial) image: first channel, middle slice in 3D."""
+def _view(
+    image: np.ndarray, relevance: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """2D pictures of a (C, *spatial) image and its map: first channel; in 3D the slice through
+    the map's maximum (the middle slice without a map)."""
     plane = image[0]
     while plane.ndim > 2:
-        plane = plane[plane.shape[0] // 2]
-    view: np.ndarray = plane
-    return view
+        k = plane.shape[0] // 2
+        if relevance is not None:
+            k = int(np.unravel_index(int(np.argmax(relevance)), relevance.shape)[0])
+            relevance = relevance[k]
+        plane = plane[k]
+    return plane, relevance
 
 
 def gallery(
@@ -87,25 +95,36 @@ def gallery(
     test: SplitScores,
     labels: LabelSpec,
     metrics: dict[str, Any],
+    members: Sequence[MedlensModel] = (),
     per_kind: int = 8,
 ) -> list[Case]:
-    """The most confident correct and wrong single-label test cases."""
+    """The most confident correct and wrong single-label test cases, with the Grad-CAM map of
+    the predicted class when ``members`` are given."""
     if labels.multilabel:
         return []
     probs = to_probabilities(test.logits, multilabel=False, temperature=metrics["temperature"])
     decided = decisions_for(test, labels, metrics)
     correct = decided == test.targets
     confidence = probs[np.arange(len(decided)), decided]
-    cases = []
+    picked: list[int] = []
     for want in (True, False):
         chosen = np.flatnonzero(correct == want)
-        for j in chosen[np.argsort(-confidence[chosen])][:per_kind]:
-            image = np.asarray(data.cached.images[test.indices[j]])
-            title = (
-                f"true {labels.classes[test.targets[j]]}\n"
-                f"pred {labels.classes[decided[j]]} {confidence[j]:.2f}"
-            )
-            cases.append(Case(_view(image), title, bool(want)))
+        picked += [int(j) for j in chosen[np.argsort(-confidence[chosen])][:per_kind]]
+    maps: dict[int, np.ndarray] = {}
+    if members and picked:
+        images = torch.from_numpy(data.images(test.indices[picked]))
+        for c in sorted({int(decided[j]) for j in picked}):
+            rows = [k for k, j in enumerate(picked) if decided[j] == c]
+            found = relevance_maps(members, images[rows], method="gradcam", class_index=c)
+            maps.update(zip(rows, found, strict=True))
+    cases = []
+    for k, j in enumerate(picked):
+        picture, relevance = _view(np.asarray(data.cached.images[test.indices[j]]), maps.get(k))
+        title = (
+            f"true {labels.classes[test.targets[j]]}\n"
+            f"pred {labels.classes[decided[j]]} {confidence[j]:.2f}"
+        )
+        cases.append(Case(picture, title, bool(correct[j]), relevance))
     return cases
 
 
@@ -252,7 +271,7 @@ def _save_outputs(
         metrics,
         title=title,
         history=results[0].history,
-        cases=gallery(data, test, ctx.labels, metrics),
+        cases=gallery(data, test, ctx.labels, metrics, [r.model for r in results]),
         notes=[
             f"split: {how}; training stopped: {', '.join(r.stopped for r in results)}",
             *plan.notes,
