@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from medlens.data import load_manifest
+from medlens.explain.outputs import explain_inputs
 from medlens.inference import load_artifact
 from medlens.inference.predictor import InputItem, predict_items
 from medlens.training.run import train_run
@@ -42,3 +43,14 @@ def test_pneumoniamnist_short_run_reaches_auc_090(shared_data: Path, tmp_path: P
         predict_items(artifact, [InputItem(Path(f"{manifest.root}/pneumoniamnist.npz#test/0"))])
     )
     assert rows[0]["prediction"] in ("normal", "pneumonia")
+    # and it explains real test images: overlays and faithfulness figures for every method
+    items = [InputItem(Path(f"{manifest.root}/pneumoniamnist.npz#test/{i}")) for i in range(4)]
+    for method in ("gradcam", "occlusion", "ig"):
+        out = tmp_path / method
+        entries = explain_inputs(artifact, items, out, method=method)
+        assert len(entries) == 4 and all("error" not in e for e in entries)
+        for entry in entries:
+            assert (out / entry["overlay"]).stat().st_size > 1000
+            f = entry["faithfulness"]
+            assert 0 <= f["deletion_auc"] <= 1 and 0 <= f["random_deletion_auc"] <= 1
+            assert entry["randomisation_similarity"] is not None
