@@ -109,14 +109,19 @@ def pneumonia_faithfulness() -> dict[str, Any]:
             )
 
             def stat(values: list[float]) -> dict[str, float]:
-                return {"mean": round(float(np.mean(values)), 4), "sd": round(float(np.std(values)), 4)}
+                return {
+                    "mean": round(float(np.mean(values)), 4),
+                    "sd": round(float(np.std(values)), 4),
+                }
 
             result[method] = {
                 "deletion_auc": stat([e.faithfulness.deletion_auc for e in found]),
                 "random_deletion_auc": stat([e.faithfulness.random_deletion_auc for e in found]),
                 "insertion_auc": stat([e.faithfulness.insertion_auc for e in found]),
                 "random_insertion_auc": stat([e.faithfulness.random_insertion_auc for e in found]),
-                "flagged_fraction": round(float(np.mean([e.faithfulness.flagged for e in found])), 3),
+                "flagged_fraction": round(
+                    float(np.mean([e.faithfulness.flagged for e in found])), 3
+                ),
                 "randomisation_similarity": stat(
                     [float(e.randomisation_similarity or 0.0) for e in found]
                 ),

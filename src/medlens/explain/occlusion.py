@@ -74,7 +74,7 @@ def occlusion_maps(
             *(_starts(s, p, st) for s, p, st in zip(spatial, sizes, steps, strict=True))
         )
     ]
-    chunk = batch_size or (64 if dims == 2 else 8)
+    chunk = batch_size or (16 if dims == 2 else 8)
     model.eval()
     images = images.float()
     classes = chosen_classes(model, images, class_index)

@@ -1,0 +1,109 @@
+"""The inference engine shared by `medlens predict` and `medlens serve`: an artifact's logits
+through ONNX Runtime (exported once and cached by the artifact's content hash, parity-checked
+against torch at export), with torch eager as the fallback."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from medlens.errors import ConfigError, MedlensError
+from medlens.inference.artifact import Artifact
+from medlens.models.forward import batched_logits, combined
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "onnx", "torch")
+
+
+def artifact_digest(artifact: Artifact) -> str:
+    """SHA-256 of model.json and every weights file: the cache key of its ONNX export."""
+    digest = hashlib.sha256((artifact.folder / "model.json").read_bytes())
+    for name in artifact.meta["members"]:
+        digest.update((artifact.folder / name).read_bytes())
+    return digest.hexdigest()
+
+
+def _input_shape(artifact: Artifact) -> tuple[int, ...]:
+    size = artifact.meta.get("input_size")
+    if not size:
+        raise ConfigError("the artifact records no input size; re-export it with medlens train")
+    return (artifact.in_channels, *map(int, size))
+
+
+class Engine:
+    """Logits (N, K) for preprocessed batches; ``backend`` "auto" uses ONNX Runtime when the
+    export works and torch otherwise (and says which in ``backend_used``)."""
+
+    def __init__(
+        self,
+        artifact: Artifact,
+        *,
+        backend: str = "auto",
+        cache_dir: str | Path | None = None,
+        threads: int | None = None,
+    ):
+        if backend not in BACKENDS:
+            raise ConfigError(f"unknown backend {backend!r}; use one of {list(BACKENDS)}")
+        self.artifact = artifact
+        self.flips = tuple(artifact.meta["operating_point"].get("tta_flips", ()))
+        self._model = combined(artifact.members).eval()
+        self._lock = threading.Lock()  # torch modules are not re-entrant under hooks
+        self._session: Any = None
+        self.backend_used = "torch"
+        if backend != "torch":
+            try:
+                self._session = self._onnx_session(cache_dir, threads)
+                self.backend_used = "onnx"
+            except (MedlensError, ImportError, RuntimeError, OSError) as err:
+                if backend == "onnx":
+                    raise
+                log.warning(
+                    "ONNX Runtime unavailable for %s (%s); using torch", artifact.folder, err
+                )
+
+    def _onnx_session(self, cache_dir: str | Path | None, threads: int | None) -> Any:
+        import onnxruntime as ort
+
+        from medlens.inference.onnx import export_onnx
+
+        folder = Path(cache_dir or self.artifact.folder.parent / ".onnx-cache")
+        path = folder / f"{artifact_digest(self.artifact)[:24]}.onnx"
+        if not path.is_file():
+            folder.mkdir(parents=True, exist_ok=True)
+            report = export_onnx(self.artifact.members, _input_shape(self.artifact), path)
+            log.info("exported %s (max |ORT - torch| = %.2g)", path, report.max_abs_diff)
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        providers = [
+            p
+            for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
+            if p in ort.get_available_providers()
+        ]
+        return ort.InferenceSession(str(path), options, providers=providers)
+
+    def logits(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if self._session is None:
+            with self._lock:
+                return batched_logits(self._model, batch, tta_flips=self.flips)
+        views = [batch] + [
+            np.ascontiguousarray(np.flip(batch, axis=a if a < 0 else 2 + a)) for a in self.flips
+        ]
+        outs = [self._session.run(None, {"image": v})[0] for v in views]
+        mean: NDArray[np.float32] = np.mean(outs, axis=0).astype(np.float32)
+        return mean
+
+    @torch.no_grad()
+    def torch_logits(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
+        """The same through torch (a parity reference)."""
+        with self._lock:
+            return batched_logits(self._model, batch, tta_flips=self.flips)
