@@ -1,4 +1,4 @@
-"""Entry point: ``medlens info | convert | data | plan | train | evaluate | predict | export | explain | models | demo``."""
+"""Entry point: ``medlens info | convert | data | plan | train | evaluate | predict | export | explain | serve | models | demo``."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from medlens.cli.common import console, err_console, mask_id, progress_bar
 from medlens.cli.data import data_app
 from medlens.cli.demo import run_demo
 from medlens.cli.explain import explain_command
+from medlens.cli.serve import serve_command
 from medlens.errors import MedlensError
 from medlens.io import (
     MedicalImage,
@@ -41,6 +42,7 @@ app.command("evaluate")(training.evaluate_command)
 app.command("predict")(training.predict_command)
 app.command("export")(training.export_command)
 app.command("explain")(explain_command)
+app.command("serve")(serve_command)
 _state = {"debug": False}
 
 

@@ -310,15 +310,22 @@ def predict_command(
         "predictions.csv"
     ),
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
+    backend: Annotated[
+        str, typer.Option(help="auto (ONNX Runtime, else torch), onnx or torch.")
+    ] = "auto",
 ) -> None:
     """Class probabilities and the thresholded decision for each input."""
     from medlens.inference import load_artifact
+    from medlens.inference.engine import Engine
     from medlens.inference.predictor import expand_inputs, predict_items, write_predictions
 
     artifact = load_artifact(model_dir)
     items = expand_inputs(inputs)
-    with progress_bar("predicting") as update:
-        rows = list(predict_items(artifact, items, batch_size=batch_size, progress=update))
+    engine = Engine(artifact, backend=backend, cache_dir=cache_dir() / "onnx")
+    with progress_bar(f"predicting ({engine.backend_used})") as update:
+        rows = list(
+            predict_items(artifact, items, batch_size=batch_size, engine=engine, progress=update)
+        )
     meta = {
         "name": artifact.meta["name"],
         "version": artifact.meta["version"],

@@ -27,12 +27,17 @@ def integrated_gradient_maps(
     classes = chosen_classes(model, images, class_index)
     baselines = torch.from_numpy(np.stack([blurred(i) for i in images.numpy()]))
     method = IntegratedGradients(lambda x: class_log_odds(model, x, multilabel=multilabel))
-    attributions = method.attribute(
-        images,
-        baselines=baselines,
-        target=classes,
-        n_steps=steps,
-        internal_batch_size=batch_size,
-    )
-    out: NDArray[np.float32] = attributions.sum(dim=1).detach().numpy().astype(np.float32)
+    maps = []
+    per_call = max(1, batch_size // steps)  # images whose interpolation paths share a pass
+    for start in range(0, len(images), per_call):
+        chunk = slice(start, start + per_call)
+        attributions = method.attribute(
+            images[chunk],
+            baselines=baselines[chunk],
+            target=classes[chunk],
+            n_steps=steps,
+            internal_batch_size=max(batch_size, len(images[chunk])),
+        )
+        maps.append(attributions.sum(dim=1).detach().numpy().astype(np.float32))
+    out: NDArray[np.float32] = np.concatenate(maps)
     return out

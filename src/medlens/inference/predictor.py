@@ -6,16 +6,19 @@ import csv
 import io
 import json
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from medlens._fs import atomic_write_text
 from medlens.data.builders import IMAGE_SUFFIXES
 from medlens.errors import DataError, MedlensError
 from medlens.inference.artifact import Artifact
+from medlens.inference.engine import Engine
 from medlens.io import read_image
 from medlens.io.dicom_series import looks_like_dicom, scan_series
 
@@ -58,41 +61,55 @@ def expand_inputs(inputs: Sequence[str | Path]) -> list[InputItem]:
     return items
 
 
+def _load(artifact: Artifact, item: InputItem) -> NDArray[np.float32] | MedlensError:
+    try:
+        image = read_image(item.path, series_uid=item.series_uid)
+        return artifact.preprocess(image, source=item.name)
+    except MedlensError as err:
+        return err
+
+
 def predict_items(
     artifact: Artifact,
     items: Sequence[InputItem],
     *,
     batch_size: int = 32,
     device: str = "cpu",
+    engine: Engine | None = None,
+    workers: int = 2,
     progress: Callable[[int, int], None] | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """One result row per item; an unreadable item gets an ``error`` instead of stopping the run."""
+    """One result row per item, in order; an unreadable item gets an ``error`` instead of
+    stopping the run. ``workers`` threads read and preprocess the next batch while the current
+    one runs through ``engine`` (the service's ONNX Runtime engine) or the artifact's torch models.
+    """
+    chunks = [items[start : start + batch_size] for start in range(0, len(items), batch_size)]
     done = 0
-    for start in range(0, len(items), batch_size):
-        chunk = items[start : start + batch_size]
-        arrays, ok, rows = [], [], []
-        for item in chunk:
-            try:
-                image = read_image(item.path, series_uid=item.series_uid)
-                arrays.append(artifact.preprocess(image, source=item.name))
-                ok.append(item)
-            except MedlensError as err:
-                rows.append({"input": item.name, "error": str(err)})
-        if arrays:
-            probs = artifact.probabilities(artifact.logits(np.stack(arrays), device=device))
-            for item, p, decision in zip(ok, probs, artifact.decide(probs), strict=True):
-                row: dict[str, Any] = {"input": item.name, "prediction": decision}
-                row.update(
-                    {
+    with ThreadPoolExecutor(max(1, workers)) as readers:
+        queued = [readers.submit(_load, artifact, item) for item in chunks[0]] if chunks else []
+        for k, chunk in enumerate(chunks):
+            loaded = [future.result() for future in queued]
+            if k + 1 < len(chunks):
+                queued = [readers.submit(_load, artifact, item) for item in chunks[k + 1]]
+            rows: list[dict[str, Any]] = [
+                {"input": item.name, "error": str(x)} if isinstance(x, MedlensError) else {}
+                for item, x in zip(chunk, loaded, strict=True)
+            ]
+            arrays = {j: x for j, x in enumerate(loaded) if not isinstance(x, MedlensError)}
+            good = list(arrays)
+            if good:
+                batch = np.stack([arrays[j] for j in good])
+                logits = engine.logits(batch) if engine else artifact.logits(batch, device=device)
+                probs = artifact.probabilities(logits)
+                for j, p, decision in zip(good, probs, artifact.decide(probs), strict=True):
+                    rows[j] = {"input": chunk[j].name, "prediction": decision} | {
                         f"p_{c}": round(float(v), 6)
                         for c, v in zip(artifact.labels.classes, p, strict=True)
                     }
-                )
-                rows.append(row)
-        done += len(chunk)
-        if progress is not None:
-            progress(done, len(items))
-        yield from rows
+            done += len(chunk)
+            if progress is not None:
+                progress(done, len(items))
+            yield from rows
 
 
 def write_predictions(rows: list[dict[str, Any]], out: str | Path, meta: dict[str, Any]) -> Path:

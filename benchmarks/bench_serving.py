@@ -1,0 +1,231 @@
+"""`medlens serve` over loopback: predict latency through HTTP vs the same decode + preprocess +
+ONNX Runtime call in-process (same model, same image, same run), then throughput with 1, 8, 32
+and 64 concurrent keep-alive clients (bounded in time), counting 5xx and lost requests.
+
+Client threads and the server share the machine's cores, so on 2 cores the clients' own work is
+part of every figure; the ratios are what to compare.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmarks.common import SHARED, write_result
+from medlens.data.labels import LabelSpec
+from medlens.inference import load_artifact, save_artifact
+from medlens.inference.engine import Engine
+from medlens.io import read_image, write_image
+from medlens.models import create_model
+
+TOKEN = "benchmark-token-0123456789"
+MODELS = {
+    "compactnet-28": ("compactnet", [28, 28], {"widths": [32, 64, 128, 256]}),
+    "resnet18-224": ("resnet18", [224, 224], {}),
+}
+LATENCY_REQUESTS = 200
+CLIENTS = (1, 8, 32, 64)
+SECONDS = float(os.environ.get("MEDLENS_BENCH_SECONDS", 30))
+
+
+def _artifact(folder: Path, name: str, size: list[int], options: dict[str, Any]) -> Path:
+    torch.manual_seed(0)
+    model = create_model(name, 2, 1, 2, **options)
+    return save_artifact(
+        folder,
+        [model],
+        labels=LabelSpec("binary", ["normal", "pneumonia"], ["0", "1"]),
+        preprocessing=[
+            {"name": "percentile_clip", "lower": 0.5, "upper": 99.5},
+            {"name": "zscore"},
+            {"name": "resize", "shape": size},
+        ],
+        plan={"input_size": size},
+        operating_point={"temperature": 1.0, "threshold": 0.5, "method": "youden"},
+        metrics={},
+        data_hash="benchmark",
+        name=folder.name,
+    )
+
+
+def _multipart(data: bytes) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n'
+            "Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+class Client:
+    """One keep-alive connection posting the same image."""
+
+    def __init__(self, port: int, model: str, data: bytes):
+        self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        self.body, kind = _multipart(data)
+        self.headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": kind}
+        self.path = f"/v1/models/{model}/predict"
+
+    def predict(self) -> int:
+        self.connection.request("POST", self.path, self.body, self.headers)
+        response = self.connection.getresponse()
+        response.read()
+        return response.status
+
+
+def _percentiles(seconds: list[float]) -> dict[str, float]:
+    ms = np.asarray(seconds) * 1000
+    return {f"p{q}_ms": round(float(np.percentile(ms, q)), 3) for q in (50, 95, 99)}
+
+
+def _load_test(port: int, model: str, data: bytes, clients: int) -> dict[str, Any]:
+    statuses: list[int] = []
+    latencies: list[float] = []
+    lost = 0
+    lock = threading.Lock()
+    stop = time.perf_counter() + SECONDS
+
+    def worker() -> None:
+        nonlocal lost
+        client = Client(port, model, data)
+        while time.perf_counter() < stop:
+            began = time.perf_counter()
+            try:
+                status = client.predict()
+            except (OSError, http.client.HTTPException):
+                with lock:
+                    lost += 1
+                client = Client(port, model, data)
+                continue
+            with lock:
+                statuses.append(status)
+                latencies.append(time.perf_counter() - began)
+
+    threads = [threading.Thread(target=worker) for _ in range(clients)]
+    began = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - began
+    ok = sum(1 for s in statuses if s == 200)
+    return {
+        "clients": clients,
+        "images_per_s": round(ok / elapsed, 1),
+        "requests": len(statuses),
+        "status_5xx": sum(1 for s in statuses if s >= 500),
+        "status_503": sum(1 for s in statuses if s == 503),
+        "lost": lost,
+        **_percentiles(latencies or [0.0]),
+    }
+
+
+def _serve(model_dir: Path, root: Path, window_ms: float) -> tuple[subprocess.Popen[bytes], int]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    tokens = root / "tokens"
+    tokens.write_text(TOKEN + "\n")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "medlens.cli.main", "serve", str(model_dir), "--port", str(port),
+         "--token-file", str(tokens), "--audit-log", str(root / f"audit-{port}.jsonl"),
+         "--batch-window-ms", str(window_ms), "--max-queue", "256"],
+        env={**os.environ, "MEDLENS_CACHE": str(root / "cache")},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            connection.request("GET", "/health")
+            if connection.getresponse().status == 200:
+                return process, port
+        except OSError:
+            time.sleep(0.2)
+    process.kill()
+    raise RuntimeError("server did not start")
+
+
+def main() -> None:
+    sample = read_image(f"{SHARED / 'pneumoniamnist' / 'pneumoniamnist.npz'}#test/0")
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        png = write_image(sample, root / "sample.png")
+        data = png.read_bytes()
+        for case, (name, size, options) in MODELS.items():
+            folder = _artifact(root / case, name, size, options)
+            artifact = load_artifact(folder)
+            engine = Engine(artifact, backend="onnx", cache_dir=root / "cache" / "onnx")
+
+            def in_process(a: Any = artifact, e: Engine = engine) -> None:
+                image = read_image(png)
+                e.logits(a.preprocess(image)[None])
+
+            for _ in range(10):
+                in_process()
+            local = []
+            for _ in range(LATENCY_REQUESTS):
+                began = time.perf_counter()
+                in_process()
+                local.append(time.perf_counter() - began)
+            rows: dict[str, Any] = {"in_process": _percentiles(local)}
+            for window in (0.0, 5.0):
+                process, port = _serve(folder, root, window)
+                try:
+                    client = Client(port, case, data)
+                    for _ in range(10):
+                        client.predict()
+                    remote = []
+                    for _ in range(LATENCY_REQUESTS):
+                        began = time.perf_counter()
+                        assert client.predict() == 200
+                        remote.append(time.perf_counter() - began)
+                    http_row = _percentiles(remote)
+                    http_row["p50_overhead_pct"] = round(
+                        100 * (http_row["p50_ms"] / rows["in_process"]["p50_ms"] - 1), 1
+                    )
+                    rows[f"http_window_{window:g}ms"] = http_row
+                    if window == 0.0:
+                        load = [_load_test(port, case, data, n) for n in CLIENTS]
+                        rows["throughput"] = load
+                        rows["throughput_ratio_32_vs_1"] = round(
+                            load[2]["images_per_s"] / load[0]["images_per_s"], 2
+                        )
+                finally:
+                    os.kill(process.pid, signal.SIGTERM)
+                    process.wait(timeout=30)
+            results[case] = rows
+    write_result(
+        "serving",
+        {
+            "description": (
+                "predict over loopback HTTP vs decode + preprocess + ONNX Runtime in-process "
+                f"({LATENCY_REQUESTS} sequential requests, one PneumoniaMNIST test PNG, untrained "
+                f"weights); throughput with {list(CLIENTS)} keep-alive clients for {SECONDS:g} s "
+                "each (batch window 0 ms: a batch is whatever is queued)"
+            ),
+            "models": results,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()

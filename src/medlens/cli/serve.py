@@ -1,0 +1,82 @@
+"""``medlens serve``: predictions and heatmaps over HTTP, with a web viewer at ``/``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from medlens.cli.common import cache_dir, console
+from medlens.errors import ConfigError
+
+
+def serve_command(
+    model_dirs: Annotated[list[Path], typer.Argument(help="Model folders (RUN_DIR/model).")],
+    host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(help="API tokens, one per line (else MEDLENS_API_TOKENS)."),
+    ] = None,
+    allow_dir: Annotated[
+        list[Path] | None,
+        typer.Option("--allow-dir", help="A folder clients may name by path (repeat)."),
+    ] = None,
+    backend: Annotated[
+        str, typer.Option(help="auto (ONNX Runtime, else torch), onnx or torch.")
+    ] = "auto",
+    max_batch: Annotated[int, typer.Option(help="Largest dynamic batch.")] = 32,
+    batch_window_ms: Annotated[
+        float, typer.Option(help="How long a batch waits for more requests.")
+    ] = 5.0,
+    max_queue: Annotated[int, typer.Option(help="Waiting images per model before 503.")] = 64,
+    max_upload_mb: Annotated[float, typer.Option(help="Largest upload in MiB.")] = 256,
+    max_megapixels: Annotated[
+        float, typer.Option(help="Largest decoded image (millions of values).")
+    ] = 128,
+    cors_origin: Annotated[
+        list[str] | None, typer.Option(help="Allow browser calls from this origin (repeat).")
+    ] = None,
+    audit_log: Annotated[
+        Path | None, typer.Option(help="Append the audit log here (JSON lines; default: stderr).")
+    ] = None,
+) -> None:
+    """Serve models: POST /v1/models/NAME/predict|explain, GET /v1/models, /health, /ready,
+    /metrics, and the web viewer at /."""
+    import logging
+
+    import uvicorn
+
+    from medlens.serving.app import create_app
+    from medlens.serving.settings import ServeSettings, load_tokens
+    from medlens.serving.uploads import Limits
+
+    if max_batch < 1 or max_queue < 1 or batch_window_ms < 0:
+        raise ConfigError("--max-batch and --max-queue must be >= 1, --batch-window-ms >= 0")
+    for folder in allow_dir or []:
+        if not folder.is_dir():
+            raise ConfigError("--allow-dir is not a folder", path=folder)
+    settings = ServeSettings(
+        model_dirs=tuple(model_dirs),
+        tokens=load_tokens(token_file),
+        allowed_dirs=tuple(allow_dir or ()),
+        limits=Limits(
+            max_bytes=int(max_upload_mb * 2**20), max_pixels=int(max_megapixels * 1_000_000)
+        ),
+        max_batch=max_batch,
+        batch_window_ms=batch_window_ms,
+        max_queue=max_queue,
+        backend=backend,
+        cors_origins=tuple(cors_origin or ()),
+        audit_log=audit_log,
+        onnx_cache=cache_dir() / "onnx",
+    )
+    if audit_log is None:
+        logging.getLogger("medlens.audit").setLevel(logging.INFO)
+        logging.getLogger("medlens.audit").addHandler(logging.StreamHandler())
+    app = create_app(settings)
+    for name, service in app.state.models.items():
+        console.print(f"model [b]{name}[/b] v{service.version} ({service.engine.backend_used})")
+    console.print(f"serving at http://{host}:{port}/ (viewer) - Ctrl+C stops")
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

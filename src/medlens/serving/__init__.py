@@ -1,0 +1,1 @@
+"""`medlens serve`: a FastAPI inference service with a web viewer."""

@@ -1,0 +1,133 @@
+"""One served model: its artifact, inference engine, dynamic batcher and explainer."""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from medlens.explain import UNITS, explain_batch
+from medlens.explain.outputs import explained_classes
+from medlens.explain.overlay import display_range, on_grid, render
+from medlens.inference import Artifact, load_artifact
+from medlens.inference.batching import DynamicBatcher
+from medlens.inference.engine import Engine
+from medlens.io.image import MedicalImage
+from medlens.models.forward import to_probabilities
+from medlens.serving.settings import ServeSettings
+
+
+def _array_payload(values: NDArray[Any]) -> dict[str, Any]:
+    """A float32 array as base64 little-endian bytes with its shape (the viewer's format)."""
+    data = np.ascontiguousarray(values, dtype="<f4")
+    return {
+        "shape": list(data.shape),
+        "dtype": "float32",
+        "data": base64.b64encode(data.tobytes()).decode(),
+    }
+
+
+class ModelService:
+    """Predictions and explanations of one artifact, batched across concurrent callers."""
+
+    def __init__(self, folder: Path, settings: ServeSettings, name: str | None = None):
+        self.artifact: Artifact = load_artifact(folder)
+        self.name = name or str(self.artifact.meta["name"])
+        self.version = str(self.artifact.meta["version"])
+        self.engine = Engine(self.artifact, backend=settings.backend, cache_dir=settings.onnx_cache)
+        self.batcher = DynamicBatcher(
+            self.engine.logits,
+            max_batch=settings.max_batch,
+            window_s=settings.batch_window_ms / 1000,
+            max_queue=settings.max_queue,
+            name=f"batcher-{self.name}",
+        )
+        self._explain_lock = threading.Lock()  # CAM hooks on shared modules: one at a time
+
+    def describe(self) -> dict[str, Any]:
+        meta = self.artifact.meta
+        return {
+            "name": self.name,
+            "version": self.version,
+            "input": {
+                "spatial_dims": self.artifact.spatial_dims,
+                "channels": self.artifact.in_channels,
+                "size": meta.get("input_size"),
+            },
+            "task": self.artifact.labels.task,
+            "classes": self.artifact.labels.classes,
+            "threshold": self.artifact.threshold,
+            "metrics": meta.get("metrics", {}),
+            "backend": self.engine.backend_used,
+        }
+
+    def submit(self, grid: MedicalImage) -> Future[NDArray[np.float32]]:
+        """Queue one preprocessed image; raises QueueFullError when the queue is at its limit."""
+        return self.batcher.submit(grid.array.astype(np.float32, copy=False))
+
+    def result(self, logits: NDArray[np.float32]) -> dict[str, Any]:
+        """Probabilities (raw and temperature-calibrated) and the decision at the stored point."""
+        multilabel = self.artifact.labels.multilabel
+        raw = to_probabilities(logits[None], multilabel=multilabel)[0]
+        calibrated = self.artifact.probabilities(logits[None])
+        decision = self.artifact.decide(calibrated)[0]
+        classes = self.artifact.labels.classes
+        out: dict[str, Any] = {
+            "model": self.name,
+            "version": self.version,
+            "backend": self.engine.backend_used,
+            "prediction": decision,
+            "probabilities": {c: round(float(p), 6) for c, p in zip(classes, raw, strict=True)},
+            "calibrated_probabilities": {
+                c: round(float(p), 6) for c, p in zip(classes, calibrated[0], strict=True)
+            },
+            "threshold": self.artifact.threshold,
+            "temperature": self.artifact.temperature,
+        }
+        # the calibrated probability of what was decided (the top label for multi-label)
+        top = decision.split(";")[0] if decision else classes[int(np.argmax(calibrated[0]))]
+        out["probability"] = out["calibrated_probabilities"][top]
+        if self.artifact.labels.task == "binary":
+            out["decision_rule"] = f"{classes[1]} if p({classes[1]}) >= threshold"
+        return out
+
+    def explain(
+        self, image: MedicalImage, grid: MedicalImage, method: str, class_name: str | None
+    ) -> dict[str, Any]:
+        """A map of the decided (or asked) class, its overlay, the displayable image on the
+        model's grid and the map's faithfulness figures."""
+        started = time.perf_counter()
+        batch = grid.array.astype(np.float32)[None]
+        with self._explain_lock:
+            probs = self.artifact.probabilities(self.artifact.logits(batch))
+            decisions = self.artifact.decide(probs)
+            classes = explained_classes(self.artifact, probs, decisions, class_name)
+            (found,) = explain_batch(
+                self.artifact.members,
+                batch,
+                classes,
+                self.artifact.labels.classes,
+                probs,
+                method=method,
+                multilabel=self.artifact.labels.multilabel,
+            )
+        title = f"{decisions[0]} | {method} for {found.class_name!r} (p = {found.probability:.3f})"
+        overlay = render(image, grid, found.relevance, title=title, units=UNITS[method])
+        display = on_grid(image, grid)
+        low, high = display_range(image, display)
+        return {
+            "explanation": found.to_dict(),
+            "overlay_png": base64.b64encode(overlay).decode(),
+            "heatmap": _array_payload(found.relevance),
+            "image": {**_array_payload(display[0]), "window": [low, high]},
+            "explain_ms": round(1000 * (time.perf_counter() - started), 1),
+        }
+
+    def close(self) -> None:
+        self.batcher.close()

@@ -1,0 +1,208 @@
+"""Turning untrusted bytes into a `MedicalImage`, or a one-line refusal with an HTTP status.
+
+Limits are checked before the expensive step they protect: the byte size before anything is
+written, zip members (count, sizes, names, links) before extraction, and the pixel count from
+the file *header* before any pixel is decoded, so a small compressed file that would decode to
+gigabytes (a decompression bomb) is refused cheaply.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import stat
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from medlens.errors import MedlensError
+from medlens.io import detect_format, read_image
+from medlens.io.image import MedicalImage
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on one request's input."""
+
+    max_bytes: int = 256 * 2**20
+    max_pixels: int = 128 * 2**20  # decoded values (voxels x channels)
+    max_zip_members: int = 4096
+    max_zip_bytes: int = 1024 * 2**20  # uncompressed total
+
+
+class UploadError(Exception):
+    """A refusal the client caused: an HTTP status and a one-line reason."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _header_pixels(path: Path) -> int | None:
+    """Decoded value count from the header alone (None when the format has no cheap header)."""
+    kind = detect_format(path)
+    if kind == "raster":
+        from PIL import Image
+
+        with Image.open(path) as im:
+            return im.width * im.height * len(im.getbands()) * getattr(im, "n_frames", 1)
+    if kind == "dicom":
+        import pydicom
+
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+        samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
+        return int(getattr(ds, "Rows", 0)) * int(getattr(ds, "Columns", 0)) * frames * samples
+    if kind == "nifti":
+        import nibabel as nib
+
+        count = 1
+        for n in nib.load(path).shape:  # type: ignore[attr-defined]  # header only
+            count *= int(n)
+        return count
+    if kind == "itk":
+        import SimpleITK as sitk
+
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+        count = int(reader.GetNumberOfComponents())
+        for n in reader.GetSize():
+            count *= int(n)
+        return count
+    return None
+
+
+def check_pixels(paths: list[Path], limits: Limits, name: str) -> None:
+    """Refuse (413) when the headers of ``paths`` promise more decoded values than allowed;
+    files that are not images (a DICOMDIR's notes, say) count as nothing."""
+    total = 0
+    for path in paths:
+        try:
+            total += _header_pixels(path) or 0
+        except MedlensError:
+            continue
+        if total > limits.max_pixels:
+            raise UploadError(
+                413,
+                f"{name}: decodes to more than {limits.max_pixels:,} values "
+                f"(limit of this server; a decompression bomb or a far too large image)",
+            )
+
+
+def _safe_member(name: str) -> bool:
+    parts = PurePosixPath(name.replace("\\", "/"))
+    return not (
+        parts.is_absolute()
+        or ".." in parts.parts
+        or re.match(r"^[A-Za-z]:", name) is not None
+        or "\x00" in name
+    )
+
+
+def extract_zip(data: bytes, folder: Path, limits: Limits, name: str) -> list[Path]:
+    """Members of a zip into ``folder`` under flat generated names, after refusing traversal,
+    links, too many members and too many (declared or actual) bytes."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile:
+        raise UploadError(400, f"{name}: corrupt zip archive") from None
+    with archive:
+        members = [m for m in archive.infolist() if not m.is_dir()]
+        if len(members) > limits.max_zip_members:
+            raise UploadError(413, f"{name}: more than {limits.max_zip_members} files in the zip")
+        for member in archive.infolist():
+            if not _safe_member(member.filename):
+                raise UploadError(
+                    400,
+                    f"{name}: zip member {member.filename!r} points outside the archive (refused)",
+                )
+            if stat.S_ISLNK(member.external_attr >> 16):
+                raise UploadError(
+                    400, f"{name}: zip member {member.filename!r} is a link (refused)"
+                )
+        if sum(m.file_size for m in members) > limits.max_zip_bytes:
+            raise UploadError(413, f"{name}: unpacks to more than {limits.max_zip_bytes:,} bytes")
+        paths, budget = [], limits.max_zip_bytes
+        for k, member in enumerate(members):
+            target = folder / f"{k:05d}.dcm"
+            with archive.open(member) as source, target.open("wb") as sink:
+                while chunk := source.read(1 << 20):
+                    budget -= len(chunk)
+                    if budget < 0:  # the declared sizes lied
+                        raise UploadError(413, f"{name}: unpacks to more than declared")
+                    sink.write(chunk)
+            paths.append(target)
+    if not paths:
+        raise UploadError(400, f"{name}: the zip is empty")
+    return paths
+
+
+def read_upload(data: bytes, filename: str, workdir: Path, limits: Limits) -> MedicalImage:
+    """The image in an upload (a file, or a zip of one DICOM series) within ``limits``."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(filename or "upload").name)[:80] or "upload"
+    if not data:
+        raise UploadError(400, f"{name}: empty upload")
+    if len(data) > limits.max_bytes:
+        raise UploadError(413, f"{name}: larger than {limits.max_bytes:,} bytes")
+    try:
+        if data.startswith(b"PK\x03\x04"):
+            folder = workdir / "series"
+            folder.mkdir()
+            files = extract_zip(data, folder, limits, name)
+            check_pixels(files, limits, name)
+            image = read_image(folder)
+        else:
+            suffix = "".join(Path(name).suffixes[-2:]).lower()
+            path = workdir / f"upload{suffix if re.fullmatch(r'[.a-z0-9]{0,12}', suffix) else ''}"
+            path.write_bytes(data)
+            check_pixels([path], limits, name)
+            image = read_image(path)
+    except MedlensError as err:
+        raise UploadError(422, _client_message(err, workdir, name)) from None
+    except (OSError, ValueError, EOFError, SyntaxError) as err:  # decoder errors from libraries
+        raise UploadError(422, f"{name}: unreadable image ({type(err).__name__})") from None
+    if image.array.size > limits.max_pixels:
+        raise UploadError(413, f"{name}: decodes to more than {limits.max_pixels:,} values")
+    return image
+
+
+def _client_message(err: MedlensError, workdir: Path, name: str) -> str:
+    """The error's one line with server paths replaced by the client's file name."""
+    text = " ".join(str(err).split())
+    text = re.sub(re.escape(str(workdir)) + r"[^\s:]*", name, text)
+    return text if text.startswith(name) else f"{name}: {text}"
+
+
+def read_reference(raw: str, allowed: list[Path], limits: Limits) -> tuple[MedicalImage, str]:
+    """A server-side file or DICOM folder named by a client, if it lies inside ``allowed``
+    (symbolic links resolved first), and the SHA-256 of its bytes."""
+    if not allowed:
+        raise UploadError(
+            403, "reading files by reference is off (start the server with --allow-dir)"
+        )
+    try:
+        resolved = Path(raw).expanduser().resolve(strict=True)
+    except (OSError, RuntimeError):
+        raise UploadError(404, "referenced file not found") from None
+    if not any(resolved.is_relative_to(folder) for folder in allowed):
+        raise UploadError(403, "referenced file is outside the folders this server may read")
+    files = (
+        sorted(p for p in resolved.rglob("*") if p.is_file()) if resolved.is_dir() else [resolved]
+    )
+    name = resolved.name
+    if sum(p.stat().st_size for p in files) > limits.max_bytes:
+        raise UploadError(413, f"{name}: larger than {limits.max_bytes:,} bytes")
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.read_bytes())
+    check_pixels(files, limits, name)
+    try:
+        image = read_image(resolved)
+    except MedlensError as err:
+        raise UploadError(422, " ".join(str(err).split())) from None
+    if image.array.size > limits.max_pixels:
+        raise UploadError(413, f"{name}: decodes to more than {limits.max_pixels:,} values")
+    return image, digest.hexdigest()

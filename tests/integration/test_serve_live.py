@@ -1,0 +1,184 @@
+"""`medlens serve` as a real process on 127.0.0.1 (random port), and the web viewer in a real
+headless Chromium driven by Selenium. Each test starts and stops its server by PID."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.unit.test_serving import TOKEN, make_artifact, png_bytes
+
+pytestmark = pytest.mark.integration
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen[bytes]
+    model: str
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    root = tmp_path_factory.mktemp("live")
+    model = make_artifact(root / "model")
+    tokens = root / "tokens"
+    tokens.write_text(TOKEN + "\n")
+    port = free_port()
+    env = {**os.environ, "MEDLENS_CACHE": str(root / "cache")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "medlens.cli.main", "serve", str(model), "--port", str(port),
+         "--token-file", str(tokens), "--audit-log", str(root / "audit.jsonl"),
+         "--batch-window-ms", "20"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            out = process.stdout.read().decode() if process.stdout else ""
+            pytest.fail(f"medlens serve exited early: {out}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=1) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.2)
+    else:
+        process.kill()
+        pytest.fail("medlens serve did not come up within 90 s")
+    try:
+        yield Server(url, process, "chest2d")
+    finally:
+        os.kill(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def request(
+    server: Server, path: str, data: bytes | None = None, token: str | None = TOKEN
+) -> tuple[int, dict[str, object], dict[str, str]]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    if data is not None:
+        boundary = uuid.uuid4().hex
+        body = (
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n'
+                f"Content-Type: image/png\r\n\r\n"
+            ).encode()
+            + data
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
+        headers["Content-Type"] = f"multipart/form-data; boundary={boundary}"
+        req = urllib.request.Request(server.url + path, body, headers, method="POST")
+    else:
+        req = urllib.request.Request(server.url + path, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=60) as response:
+            return response.status, json.loads(response.read()), dict(response.headers)
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}"), dict(err.headers)
+
+
+def test_live_server_auth_predict_and_errors(server: Server) -> None:
+    assert request(server, "/health", token=None)[0] == 200
+    assert request(server, "/v1/models", token=None)[0] == 401
+    assert request(server, "/v1/models", token="wrong-token-0000000000")[0] == 403
+    status, body, _ = request(server, "/v1/models")
+    assert status == 200 and body["models"][0]["name"] == server.model  # type: ignore[index]
+    status, body, _ = request(server, f"/v1/models/{server.model}/predict", png_bytes(1))
+    assert status == 200 and body["prediction"] in ("normal", "nodule")
+    status, body, _ = request(server, f"/v1/models/{server.model}/predict", b"not an image")
+    assert status == 422 and "Traceback" not in str(body["detail"])
+    assert server.process.poll() is None, "a bad request must not bring the server down"
+
+
+def test_live_concurrent_clients_get_their_own_results(server: Server) -> None:
+    images = [png_bytes(seed) for seed in range(32)]
+    path = f"/v1/models/{server.model}/predict"
+    alone = [request(server, path, data)[1]["calibrated_probabilities"] for data in images]
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(lambda d: request(server, path, d), images))
+    assert all(status == 200 for status, _, _ in results)
+    for single, (_, body, _) in zip(alone, results, strict=True):
+        assert body["calibrated_probabilities"] == pytest.approx(single, abs=1e-5)
+
+
+def _chromium() -> tuple[str, str]:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not (browser and driver):
+        if os.environ.get("CI"):
+            pytest.fail("chromium and chromium-driver are missing: `make sysdeps` installs them")
+        pytest.skip("chromium / chromedriver not installed (make sysdeps)")
+    return browser, driver
+
+
+def test_viewer_in_a_real_browser(server: Server, tmp_path: Path) -> None:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser, driver_path = _chromium()
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in (
+        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,1000",
+    ):  # fmt: skip
+        options.add_argument(flag)
+    image = tmp_path / "chest.png"
+    image.write_bytes(png_bytes(7, size=48))
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    try:
+        driver.get(server.url + "/")
+        driver.find_element(By.ID, "token").send_keys(TOKEN)
+        driver.find_element(By.ID, "login").click()
+        wait = WebDriverWait(driver, 60)
+        wait.until(lambda d: d.find_element(By.ID, "app").is_displayed())
+        assert "chest2d" in driver.find_element(By.ID, "model").text
+        driver.find_element(By.ID, "file").send_keys(str(image))
+        wait.until(lambda d: d.find_element(By.ID, "prediction").text not in ("", "-"))
+        assert driver.find_element(By.ID, "prediction").text in ("normal", "nodule")
+        assert float(driver.find_element(By.ID, "probability").text) >= 0
+        assert "deletion" in driver.find_element(By.ID, "faithfulness").text
+        assert "chest.png" in driver.find_element(By.ID, "recent").text
+        # the heatmap is drawn: coloured (not grey) pixels on the canvas
+        coloured = driver.execute_script(
+            "const c = document.getElementById('canvas');"
+            "const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+            "let n = 0; for (let i = 0; i < d.length; i += 4)"
+            "  if (Math.abs(d[i] - d[i + 2]) > 20) n++; return n;"
+        )
+        assert coloured > 0, "no heatmap colour on the canvas"
+        ARTIFACTS.mkdir(exist_ok=True)
+        driver.save_screenshot(str(ARTIFACTS / "viewer.png"))
+    finally:
+        driver.quit()

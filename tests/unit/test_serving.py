@@ -1,0 +1,367 @@
+"""The inference service in-process: authentication, every bad input, limits, batching, audit."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+import zipfile
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from medlens.data.fake_dicom import SeriesSpec, write_dicom_series
+from medlens.data.labels import LabelSpec
+from medlens.errors import ConfigError
+from medlens.inference import load_artifact, save_artifact
+from medlens.inference.batching import DynamicBatcher, QueueFullError
+from medlens.io import MedicalImage, write_image
+from medlens.models import create_model
+from medlens.serving.app import create_app
+from medlens.serving.settings import ServeSettings, load_tokens, token_id
+from medlens.serving.uploads import Limits
+
+TOKEN = "test-token-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def make_artifact(folder: Path, dims: int = 2) -> Path:
+    torch.manual_seed(0)
+    size = [24, 24] if dims == 2 else [12, 12, 12]
+    model = create_model("compactnet", dims, 1, 2, widths=(4, 8, 8, 8))
+    return save_artifact(
+        folder,
+        [model],
+        labels=LabelSpec("binary", ["normal", "nodule"], ["0", "1"]),
+        preprocessing=[{"name": "zscore"}, {"name": "resize", "shape": size}],
+        plan={"input_size": size},
+        operating_point={"temperature": 1.3, "threshold": 0.5, "method": "youden"},
+        metrics={"test": {"auc": 0.9}},
+        data_hash="test",
+        name=f"chest{dims}d",
+    )
+
+
+def png_bytes(seed: int = 0, size: int = 32) -> bytes:
+    pixels = (np.random.default_rng(seed).random((size, size)) * 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("serving")
+    return make_artifact(root / "m2"), make_artifact(root / "m3", dims=3)
+
+
+@pytest.fixture
+def allowed(tmp_path: Path) -> Path:
+    folder = tmp_path / "allowed"
+    folder.mkdir()
+    (folder / "scan.png").write_bytes(png_bytes(5))
+    return folder
+
+
+def client_for(models: tuple[Path, Path], tmp_path: Path, **changes: object) -> TestClient:
+    settings = ServeSettings(
+        model_dirs=models,
+        tokens=(TOKEN,),
+        onnx_cache=tmp_path / "onnx",
+        audit_log=tmp_path / "audit.jsonl",
+        **changes,  # type: ignore[arg-type]
+    )
+    return TestClient(create_app(settings))
+
+
+@pytest.fixture
+def client(models: tuple[Path, Path], tmp_path: Path, allowed: Path) -> Iterator[TestClient]:
+    with client_for(models, tmp_path, allowed_dirs=(allowed,)) as c:
+        yield c
+
+
+def post(client: TestClient, data: bytes, name: str = "scan.png", model: str = "chest2d") -> object:
+    return client.post(
+        f"/v1/models/{model}/predict",
+        headers=AUTH,
+        files={"file": (name, data, "application/octet-stream")},
+    )
+
+
+def test_every_endpoint_but_health_needs_a_token(client: TestClient) -> None:
+    assert client.get("/health").status_code == 200
+    for path in ("/ready", "/v1/models", "/metrics", "/openapi.json"):
+        missing = client.get(path)
+        assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
+        assert (
+            client.get(path, headers={"Authorization": "Bearer wrong-token-000000000"}).status_code
+            == 403
+        )
+        assert client.get(path, headers=AUTH).status_code == 200
+    assert post(client, png_bytes(), model="chest2d").status_code == 200
+    no_auth = client.post("/v1/models/chest2d/predict", files={"file": ("a.png", png_bytes())})
+    assert no_auth.status_code == 401
+    assert client.get("/docs").status_code == 404  # interactive docs are off
+    paths = client.get("/openapi.json", headers=AUTH).json()["paths"]
+    assert "/v1/models/{name}/predict" in paths and "/v1/models/{name}/explain" in paths
+
+
+def test_models_list_and_ready(client: TestClient) -> None:
+    listed = client.get("/v1/models", headers=AUTH).json()["models"]
+    assert {m["name"] for m in listed} == {"chest2d", "chest3d"}
+    first = next(m for m in listed if m["name"] == "chest2d")
+    assert first["input"] == {"spatial_dims": 2, "channels": 1, "size": [24, 24]}
+    assert first["metrics"] == {"test": {"auc": 0.9}} and first["backend"] == "onnx"
+    assert first["version"]
+    assert client.get("/ready", headers=AUTH).json() == {
+        "ready": True,
+        "models": ["chest2d", "chest3d"],
+    }
+
+
+def test_predict_matches_the_artifact(client: TestClient, models: tuple[Path, Path]) -> None:
+    data = png_bytes(3)
+    body = post(client, data).json()  # type: ignore[attr-defined]
+    artifact = load_artifact(models[0])
+    image = Image.open(io.BytesIO(data))
+    batch = artifact.preprocess(MedicalImage(np.asarray(image, np.float32)[None]))[None]
+    expected = artifact.probabilities(artifact.logits(batch))[0]
+    got = [body["calibrated_probabilities"][c] for c in ("normal", "nodule")]
+    np.testing.assert_allclose(got, expected, atol=1e-4)  # ONNX Runtime agrees with torch
+    assert body["prediction"] == artifact.decide(expected[None])[0]
+    assert body["model"] == "chest2d" and body["backend"] == "onnx"
+    assert body["threshold"] == 0.5 and body["temperature"] == 1.3
+    assert body["probability"] == body["calibrated_probabilities"][body["prediction"]]
+    assert set(body["timing_ms"]) == {"read", "total"} and body["input_sha256"]
+
+
+def test_explain_returns_heatmap_overlay_and_faithfulness(client: TestClient) -> None:
+    response = client.post(
+        "/v1/models/chest2d/explain?method=occlusion",
+        headers=AUTH,
+        files={"file": ("a.png", png_bytes(4))},
+    )
+    body = response.json()
+    assert response.status_code == 200, body
+    assert body["heatmap"]["shape"] == [24, 24] and body["image"]["shape"] == [24, 24]
+    heat = np.frombuffer(base64.b64decode(body["heatmap"]["data"]), "<f4")
+    assert heat.size == 24 * 24 and np.isfinite(heat).all()
+    assert base64.b64decode(body["overlay_png"]).startswith(b"\x89PNG")
+    assert body["explanation"]["method"] == "occlusion"
+    assert {"deletion_auc", "random_deletion_auc"} <= set(body["explanation"]["faithfulness"])
+    bad = client.post(
+        "/v1/models/chest2d/explain?method=lime",
+        headers=AUTH,
+        files={"file": ("a.png", png_bytes())},
+    )
+    assert bad.status_code == 400 and "unknown method" in bad.json()["detail"]
+
+
+def test_3d_dicom_zip_and_nifti(client: TestClient, tmp_path: Path) -> None:
+    volume = np.random.default_rng(0).normal(0, 100, (10, 16, 16))
+    series = tmp_path / "series"
+    write_dicom_series(volume, series, SeriesSpec())
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for k, f in enumerate(sorted(series.iterdir())):
+            archive.write(f, f"study/series/{k}.dcm")
+    body = post(client, buffer.getvalue(), "series.zip", model="chest3d").json()  # type: ignore[attr-defined]
+    assert body["prediction"] in ("normal", "nodule"), body
+    nifti = write_image(MedicalImage(volume[None].astype(np.float32)), tmp_path / "v.nii.gz")
+    response = client.post(
+        "/v1/models/chest3d/explain", headers=AUTH, files={"file": ("v.nii.gz", nifti.read_bytes())}
+    )
+    assert response.status_code == 200 and response.json()["heatmap"]["shape"] == [12, 12, 12]
+
+
+def test_bad_inputs_get_a_4xx_with_one_line(client: TestClient, tmp_path: Path) -> None:
+    dicom_like = b"\0" * 128 + b"DICM" + b"\x02\x00\x10\x00garbage" * 20
+    nifti = write_image(
+        MedicalImage(np.zeros((1, 8, 8, 8), np.float32)), tmp_path / "vol.nii.gz"
+    ).read_bytes()
+    cases = {
+        "not an image": (b"hello, world", "notes.txt", 422),
+        "corrupt DICOM": (dicom_like, "x.dcm", 422),
+        "truncated PNG": (png_bytes()[:60], "cut.png", 422),
+        "wrong dimensionality": (nifti, "vol.nii.gz", 422),
+        "empty upload": (b"", "empty.png", 400),
+        "corrupt zip": (b"PK\x03\x04broken", "x.zip", 400),
+    }
+    for label, (data, name, status) in cases.items():
+        response = post(client, data, name)
+        detail = response.json()["detail"]  # type: ignore[attr-defined]
+        assert response.status_code == status, (label, detail)  # type: ignore[attr-defined]
+        assert "\n" not in detail and "Traceback" not in detail and str(tmp_path) not in detail
+        assert "/tmp/medlens-upload" not in detail, detail
+    assert post(client, png_bytes(), model="nope").status_code == 404  # type: ignore[attr-defined]
+    no_field = client.post("/v1/models/chest2d/predict", headers=AUTH, files={"other": ("a", b"x")})
+    assert no_field.status_code == 400
+    wrong_type = client.post("/v1/models/chest2d/predict", headers=AUTH, content=b"raw bytes")
+    assert wrong_type.status_code == 415
+    assert client.post("/v1/models/chest2d/predict", headers=AUTH, json=[1]).status_code == 400
+
+
+def _zip(entries: dict[str, bytes], link: str | None = None) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+        if link:
+            info = zipfile.ZipInfo(link)
+            info.external_attr = 0o120777 << 16
+            archive.writestr(info, "/etc/passwd")
+    return buffer.getvalue()
+
+
+def test_zip_traversal_links_and_bombs_are_refused(
+    models: tuple[Path, Path], tmp_path: Path
+) -> None:
+    with client_for(models, tmp_path, limits=Limits(max_zip_bytes=10_000)) as client:
+        for name in ("../../etc/evil.dcm", "/abs/evil.dcm", "C:/windows/evil.dcm", "a/../../x.dcm"):
+            response = post(client, _zip({name: b"x"}), "s.zip", model="chest3d")
+            assert response.status_code == 400, name  # type: ignore[attr-defined]
+            assert "outside the archive" in response.json()["detail"]  # type: ignore[attr-defined]
+        linked = post(client, _zip({"a.dcm": b"x"}, link="b.dcm"), "s.zip", model="chest3d")
+        assert linked.status_code == 400 and "link" in linked.json()["detail"]  # type: ignore[attr-defined]
+        bomb = post(client, _zip({"big.dcm": b"\0" * 50_000}), "s.zip", model="chest3d")
+        assert bomb.status_code == 413  # type: ignore[attr-defined]
+    assert not list(Path("/etc").glob("evil*"))
+
+
+def test_oversize_uploads_are_refused_before_decoding(
+    models: tuple[Path, Path], tmp_path: Path
+) -> None:
+    limits = Limits(max_bytes=200_000, max_pixels=1_000_000)
+    with client_for(models, tmp_path, limits=limits) as client:
+        big = post(client, b"\x89PNG" + b"\0" * 300_000, "big.png")
+        assert big.status_code == 413  # type: ignore[attr-defined]
+        buffer = io.BytesIO()
+        Image.new("L", (3000, 3000)).save(buffer, format="PNG")  # 9 MP of zeros in a few KB
+        assert len(buffer.getvalue()) < 100_000
+        bomb = post(client, buffer.getvalue(), "bomb.png")
+        assert bomb.status_code == 413  # type: ignore[attr-defined]
+        assert "decodes to more than" in bomb.json()["detail"]  # type: ignore[attr-defined]
+
+
+def test_reading_by_reference_stays_inside_allowed_folders(
+    client: TestClient, allowed: Path, tmp_path: Path
+) -> None:
+    ok = client.post(
+        "/v1/models/chest2d/predict", headers=AUTH, json={"path": str(allowed / "scan.png")}
+    )
+    assert ok.status_code == 200 and ok.json()["prediction"]
+    outside = tmp_path / "secret.png"
+    outside.write_bytes(png_bytes(9))
+    (allowed / "escape.png").symlink_to(outside)
+    for path in (str(outside), str(allowed / "escape.png"), str(allowed / ".." / "secret.png")):
+        response = client.post("/v1/models/chest2d/predict", headers=AUTH, json={"path": path})
+        assert response.status_code == 403, path
+    missing = client.post(
+        "/v1/models/chest2d/predict", headers=AUTH, json={"path": str(allowed / "no.png")}
+    )
+    assert missing.status_code == 404
+
+
+def test_reference_reading_is_off_by_default(models: tuple[Path, Path], tmp_path: Path) -> None:
+    with client_for(models, tmp_path) as client:
+        response = client.post(
+            "/v1/models/chest2d/predict", headers=AUTH, json={"path": "/etc/hosts"}
+        )
+        assert response.status_code == 403 and "--allow-dir" in response.json()["detail"]
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_result(
+    models: tuple[Path, Path], tmp_path: Path
+) -> None:
+    images = [png_bytes(seed) for seed in range(24)]
+    with client_for(models, tmp_path, batch_window_ms=50.0) as client:
+        alone = [post(client, data).json()["calibrated_probabilities"] for data in images]  # type: ignore[attr-defined]
+        service = client.app.state.models["chest2d"]  # type: ignore[attr-defined]
+        before = service.batcher.batches
+        with ThreadPoolExecutor(12) as pool:
+            together = list(
+                pool.map(lambda d: post(client, d).json()["calibrated_probabilities"], images)
+            )  # type: ignore[attr-defined]
+        assert service.batcher.batches - before < len(images), "no request shared a batch"
+    for a, b in zip(alone, together, strict=True):
+        assert a == pytest.approx(b, abs=1e-5)
+
+
+def test_full_queue_answers_503_with_retry_after(models: tuple[Path, Path], tmp_path: Path) -> None:
+    release = threading.Event()
+
+    def slow(batch: np.ndarray) -> np.ndarray:
+        release.wait(10)
+        return np.zeros((len(batch), 2), np.float32)
+
+    batcher = DynamicBatcher(slow, max_batch=1, window_s=0, max_queue=1)
+    first = batcher.submit(np.zeros((1, 4), np.float32))  # taken by the worker, which blocks
+    deadline = 0
+    while batcher.depth and deadline < 100:
+        threading.Event().wait(0.01)
+        deadline += 1
+    batcher.submit(np.zeros((1, 4), np.float32))  # fills the queue
+    with pytest.raises(QueueFullError):
+        batcher.submit(np.zeros((1, 4), np.float32))
+    release.set()
+    assert first.result(5).shape == (2,)
+    batcher.close()
+
+    with client_for(models, tmp_path) as client:
+        service = client.app.state.models["chest2d"]  # type: ignore[attr-defined]
+
+        def full(_grid: object) -> object:
+            raise QueueFullError
+
+        service.submit = full
+        response = post(client, png_bytes())
+        assert response.status_code == 503  # type: ignore[attr-defined]
+        assert response.headers["retry-after"] == "1"  # type: ignore[attr-defined]
+
+
+def test_audit_log_metrics_and_no_identifiers(models: tuple[Path, Path], tmp_path: Path) -> None:
+    with client_for(models, tmp_path) as client:
+        post(client, png_bytes(), "Doe_John_1950.png")
+        post(client, b"junk", "Doe_John_1950.png")
+        client.get("/v1/models", headers={"Authorization": "Bearer wrong-token-000000000"})
+        text = client.get("/metrics", headers=AUTH).text
+    lines = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert [line["status"] for line in lines] == [200, 422]
+    assert all(line["token"] == token_id(TOKEN) for line in lines)
+    raw = (tmp_path / "audit.jsonl").read_text()
+    assert TOKEN not in raw and "Doe" not in raw
+    assert all(len(line["input_sha256"]) == 64 and line["latency_ms"] >= 0 for line in lines)
+    assert 'medlens_requests_total{route="predict",model="chest2d",status="200"} 1' in text
+    assert "medlens_queue_depth" in text and "medlens_request_seconds_bucket" in text
+
+
+def test_cors_is_off_unless_asked(models: tuple[Path, Path], tmp_path: Path) -> None:
+    preflight = {"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
+    with client_for(models, tmp_path) as client:
+        response = client.options("/v1/models/chest2d/predict", headers=preflight)
+        assert "access-control-allow-origin" not in response.headers
+    with client_for(models, tmp_path, cors_origins=("https://pacs.example",)) as client:
+        ok = client.options(
+            "/v1/models/chest2d/predict",
+            headers={**preflight, "Origin": "https://pacs.example"},
+        )
+        assert ok.headers["access-control-allow-origin"] == "https://pacs.example"
+
+
+def test_tokens_come_from_a_file_or_the_environment(tmp_path: Path) -> None:
+    file = tmp_path / "tokens"
+    file.write_text(f"# ward A\n{TOKEN}\n\n{TOKEN}-second\n")
+    assert load_tokens(file) == (TOKEN, f"{TOKEN}-second")
+    assert load_tokens(None, {"MEDLENS_API_TOKENS": f"{TOKEN},{TOKEN}x"}) == (TOKEN, f"{TOKEN}x")
+    with pytest.raises(ConfigError, match="no API tokens"):
+        load_tokens(None, {})
+    with pytest.raises(ConfigError, match="shorter than 16"):
+        load_tokens(None, {"MEDLENS_API_TOKENS": "short"})
+    assert TOKEN not in token_id(TOKEN)
