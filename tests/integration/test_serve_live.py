@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from medlens.io import read_image, write_image
 from tests.unit.test_serving import TOKEN, make_artifact, png_bytes
 
 pytestmark = pytest.mark.integration
@@ -139,7 +140,7 @@ def _chromium() -> tuple[str, str]:
     return browser, driver
 
 
-def test_viewer_in_a_real_browser(server: Server, tmp_path: Path) -> None:
+def test_viewer_in_a_real_browser(server: Server, tmp_path: Path, shared_data: Path) -> None:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
@@ -154,8 +155,8 @@ def test_viewer_in_a_real_browser(server: Server, tmp_path: Path) -> None:
         "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,1000",
     ):  # fmt: skip
         options.add_argument(flag)
-    image = tmp_path / "chest.png"
-    image.write_bytes(png_bytes(7, size=48))
+    npz = shared_data / "pneumoniamnist" / "pneumoniamnist.npz"
+    image = write_image(read_image(f"{npz}#test/0"), tmp_path / "chest.png")  # a real X-ray
     driver = webdriver.Chrome(service=Service(driver_path), options=options)
     try:
         driver.get(server.url + "/")

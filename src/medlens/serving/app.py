@@ -123,31 +123,26 @@ def create_app(settings: ServeSettings, services: list[ModelService] | None = No
             raise HTTPException(404, f"no model {name!r}; GET /v1/models lists them")
         return models[name]
 
-    async def read_input(request: Request, work: Path) -> tuple[MedicalImage, str]:
-        """The image of a multipart ``file`` upload or of a JSON ``{"path": ...}`` reference."""
+    async def receive(request: Request) -> tuple[bytes, str] | str:
+        """The bytes and name of a multipart ``file`` upload, or the path of a JSON reference."""
         kind = request.headers.get("content-type", "")
         if kind.startswith("multipart/form-data"):
             form = await request.form(max_files=1, max_fields=4)
             upload = form.get("file")
             if not isinstance(upload, UploadFile):
                 raise UploadError(400, "multipart upload without a 'file' field")
-            data = await upload.read(settings.limits.max_bytes + 1)
-            name = upload.filename or "upload"
-        elif kind.startswith("application/json"):
+            return await upload.read(settings.limits.max_bytes + 1), upload.filename or "upload"
+        if kind.startswith("application/json"):
             try:
                 body = await request.json()
             except ValueError:
                 raise UploadError(400, "request body is not valid JSON") from None
             if not isinstance(body, dict) or not isinstance(body.get("path"), str):
                 raise UploadError(400, 'JSON body must be {"path": "..."}')
-            return await run_in_threadpool(read_reference, body["path"], allowed, settings.limits)
-        else:
-            raise UploadError(
-                415, "send multipart/form-data with a 'file' field, or JSON {\"path\": ...}"
-            )
-        digest = hashlib.sha256(data).hexdigest()
-        image = await run_in_threadpool(read_upload, data, name, work, settings.limits)
-        return image, digest
+            return str(body["path"])
+        raise UploadError(
+            415, 'send multipart/form-data with a "file" field, or JSON {"path": ...}'
+        )
 
     async def handle(
         route: str,
@@ -160,8 +155,15 @@ def create_app(settings: ServeSettings, services: list[ModelService] | None = No
         status, digest, outcome = 200, None, "ok"
         try:
             service = service_for(name)
+            received = await receive(request)
             with tempfile.TemporaryDirectory(prefix="medlens-upload-") as tmp:
-                image, digest = await read_input(request, Path(tmp))
+                if isinstance(received, str):
+                    reference = (received, allowed, settings.limits)
+                    image, digest = await run_in_threadpool(read_reference, *reference)
+                else:
+                    digest = hashlib.sha256(received[0]).hexdigest()
+                    upload = (*received, Path(tmp), settings.limits)
+                    image = await run_in_threadpool(read_upload, *upload)
                 read_ms = 1000 * (time.perf_counter() - started)
                 grid = await run_in_threadpool(service.artifact.prepared, image)
             body = await work_fn(service, image, grid)
