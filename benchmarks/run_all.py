@@ -11,9 +11,11 @@ from benchmarks import (
     bench_augment,
     bench_cache_epoch,
     bench_classification,
+    bench_explain,
     bench_explain_phantoms,
     bench_inference_latency,
     bench_series_loading,
+    bench_serving,
     bench_training_throughput,
     bench_transfer,
 )
@@ -25,8 +27,15 @@ if __name__ == "__main__":
         bench_augment,
         bench_inference_latency,
         bench_explain_phantoms,
+        bench_serving,
     )
     # the training benchmarks last: classification quality is 3 seeds x 2 datasets x 10 minutes
-    for module in (*quick, bench_training_throughput, bench_transfer, bench_classification):
+    for module in (
+        *quick,
+        bench_explain,
+        bench_training_throughput,
+        bench_transfer,
+        bench_classification,
+    ):
         print(f"== {module.__name__}", flush=True)
         module.main()

@@ -28,8 +28,11 @@ def serve_command(
     ] = "auto",
     max_batch: Annotated[int, typer.Option(help="Largest dynamic batch.")] = 32,
     batch_window_ms: Annotated[
-        float, typer.Option(help="How long a batch waits for more requests.")
-    ] = 5.0,
+        float,
+        typer.Option(
+            help="Extra wait for a fuller batch (0: a batch is whatever queued meanwhile)."
+        ),
+    ] = 0.0,
     max_queue: Annotated[int, typer.Option(help="Waiting images per model before 503.")] = 64,
     max_upload_mb: Annotated[float, typer.Option(help="Largest upload in MiB.")] = 256,
     max_megapixels: Annotated[

@@ -83,6 +83,9 @@ class Engine:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        # idle worker threads sleep instead of spinning: a service shares the cores with its
+        # event loop, decoders and (in benchmarks) its clients
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = [
             p
             for p in ("CUDAExecutionProvider", "CPUExecutionProvider")

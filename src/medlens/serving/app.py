@@ -144,6 +144,18 @@ def create_app(settings: ServeSettings, services: list[ModelService] | None = No
             415, 'send multipart/form-data with a "file" field, or JSON {"path": ...}'
         )
 
+    def decode(
+        service: ModelService, received: tuple[bytes, str] | str
+    ) -> tuple[MedicalImage, MedicalImage, str | None]:
+        """Read and preprocess in one worker-thread hop: the image, the model's grid and the
+        digest of a referenced file."""
+        if isinstance(received, str):
+            image, digest = read_reference(received, allowed, settings.limits)
+            return image, service.artifact.prepared(image), digest
+        with tempfile.TemporaryDirectory(prefix="medlens-upload-") as tmp:
+            image = read_upload(*received, Path(tmp), settings.limits)
+        return image, service.artifact.prepared(image), None
+
     async def handle(
         route: str,
         name: str,
@@ -156,16 +168,11 @@ def create_app(settings: ServeSettings, services: list[ModelService] | None = No
         try:
             service = service_for(name)
             received = await receive(request)
-            with tempfile.TemporaryDirectory(prefix="medlens-upload-") as tmp:
-                if isinstance(received, str):
-                    reference = (received, allowed, settings.limits)
-                    image, digest = await run_in_threadpool(read_reference, *reference)
-                else:
-                    digest = hashlib.sha256(received[0]).hexdigest()
-                    upload = (*received, Path(tmp), settings.limits)
-                    image = await run_in_threadpool(read_upload, *upload)
-                read_ms = 1000 * (time.perf_counter() - started)
-                grid = await run_in_threadpool(service.artifact.prepared, image)
+            if not isinstance(received, str):
+                digest = hashlib.sha256(received[0]).hexdigest()
+            image, grid, found = await run_in_threadpool(decode, service, received)
+            digest = digest or found
+            read_ms = 1000 * (time.perf_counter() - started)
             body = await work_fn(service, image, grid)
             outcome = str(body.get("prediction", "ok"))
             body["input_sha256"] = digest

@@ -25,7 +25,7 @@ class ServeSettings:
     allowed_dirs: tuple[Path, ...] = ()
     limits: Limits = field(default_factory=Limits)
     max_batch: int = 32
-    batch_window_ms: float = 5.0
+    batch_window_ms: float = 0.0
     max_queue: int = 64
     backend: str = "auto"
     cors_origins: tuple[str, ...] = ()
