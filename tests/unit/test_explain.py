@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -206,3 +209,29 @@ def test_overlay_puts_image_and_map_on_the_same_grid() -> None:
     heat = np.zeros((12, 16, 16))
     heat[6, 8, 8] = 1
     assert render(volume, volume, heat, title="3D", units="u").startswith(b"\x89PNG")
+
+
+def test_explain_inputs_3d_writes_nifti_maps_on_the_model_grid(tmp_path: Path) -> None:
+    from medlens.explain.outputs import explain_inputs
+    from medlens.inference import load_artifact
+    from medlens.inference.predictor import InputItem
+    from medlens.io import read_image, write_image
+    from tests.unit.test_serving import make_artifact
+
+    artifact = load_artifact(make_artifact(tmp_path / "model", dims=3))
+    volume = MedicalImage(
+        np.random.default_rng(0).normal(size=(1, 20, 16, 16)).astype(np.float32),
+        spacing=(2.5, 0.8, 0.8),
+        origin=(10.0, -5.0, 3.0),
+    )
+    source = write_image(volume, tmp_path / "ct.nii.gz")
+    out = tmp_path / "maps"
+    (entry,) = explain_inputs(artifact, [InputItem(source)], out, method="occlusion")
+    assert entry["maps"] == ["0000_ct_map.nii.gz"] and entry["method"] == "occlusion"
+    saved = read_image(out / entry["maps"][0])
+    grid = artifact.prepared(read_image(source))
+    assert saved.spatial_shape == (12, 12, 12)
+    np.testing.assert_allclose(saved.affine, grid.affine, atol=1e-4)  # the map sits in the CT
+    assert (out / entry["overlay"]).read_bytes().startswith(b"\x89PNG")
+    document = json.loads((out / "explanations.json").read_text())
+    assert document["units"] == "log-odds drop when blurred"
