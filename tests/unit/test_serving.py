@@ -150,9 +150,11 @@ def test_explain_returns_heatmap_overlay_and_faithfulness(client: TestClient) ->
     )
     body = response.json()
     assert response.status_code == 200, body
-    assert body["heatmap"]["shape"] == [24, 24] and body["image"]["shape"] == [24, 24]
+    # shown at the source resolution (32 px), not the model's 24 px grid
+    assert body["heatmap"]["shape"] == [32, 32] and body["image"]["shape"] == [32, 32]
     heat = np.frombuffer(base64.b64decode(body["heatmap"]["data"]), "<f4")
-    assert heat.size == 24 * 24 and np.isfinite(heat).all()
+    assert heat.size == 32 * 32 and np.isfinite(heat).all()
+    assert body["image"]["spacing"] == [1.0, 1.0]
     assert base64.b64decode(body["overlay_png"]).startswith(b"\x89PNG")
     assert body["explanation"]["method"] == "occlusion"
     assert {"deletion_auc", "random_deletion_auc"} <= set(body["explanation"]["faithfulness"])
@@ -178,7 +180,7 @@ def test_3d_dicom_zip_and_nifti(client: TestClient, tmp_path: Path) -> None:
     response = client.post(
         "/v1/models/chest3d/explain", headers=AUTH, files={"file": ("v.nii.gz", nifti.read_bytes())}
     )
-    assert response.status_code == 200 and response.json()["heatmap"]["shape"] == [12, 12, 12]
+    assert response.status_code == 200 and response.json()["heatmap"]["shape"] == [10, 16, 16]
 
 
 def test_bad_inputs_get_a_4xx_with_one_line(client: TestClient, tmp_path: Path) -> None:

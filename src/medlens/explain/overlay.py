@@ -1,8 +1,9 @@
 """Rendering a relevance map over its image, as a clinician reads it.
 
-The map lives on the model's input grid (after the artifact's resizing); the image is shown on
-that same grid, resampled through both images' world coordinates, with its own intensities and
-window (a given one, the DICOM window, else the 1st-99th percentiles). 2D: one overlay. 3D: the
+The map lives on the model's input grid (after the artifact's resizing); image and map are both
+shown on a display grid - the source image's own voxels, downsized only beyond ``max_side`` - by
+resampling through world coordinates, with the image's own intensities and window (a given one,
+the DICOM window, else the 1st-99th percentiles). 2D: one overlay. 3D: the
 three orthogonal planes through the map's maximum, then a montage of slices around it. Pixels
 keep their physical aspect ratio. Figures use matplotlib's object API (no pyplot state), so
 rendering is safe from several threads at once.
@@ -41,6 +42,26 @@ def on_grid(image: MedicalImage, grid: MedicalImage) -> NDArray[np.float32]:
             for c in image.array
         ]
     )
+
+
+def display_grid(image: MedicalImage, max_side: int) -> MedicalImage:
+    """``image`` itself, or resized (same field of view) so no axis exceeds ``max_side``."""
+    factor = min(1.0, max_side / max(image.spatial_shape))
+    if factor == 1.0:
+        return image
+    from medlens.transforms import Resize
+
+    return Resize(tuple(max(1, round(n * factor)) for n in image.spatial_shape))(image)
+
+
+def on_display(
+    image: MedicalImage, grid: MedicalImage, relevance: NDArray[Any], max_side: int
+) -> tuple[MedicalImage, NDArray[np.float32], NDArray[np.float32]]:
+    """The display grid, the image's values (C, *S) and the map (*S) on it."""
+    display = display_grid(image, max_side)
+    values = on_grid(image, display)
+    heat = on_grid(grid.with_array(np.asarray(relevance, np.float32)[None]), display)[0]
+    return display, values, heat
 
 
 def display_range(
@@ -93,12 +114,15 @@ def render(
     units: str,
     window: tuple[float, float] | None = None,
     opacity: float = 0.6,
+    max_side: int | None = None,
 ) -> bytes:
-    """PNG bytes: ``relevance`` (on ``grid``'s voxels) over ``image``, colour bar in ``units``."""
+    """PNG bytes: ``relevance`` (on ``grid``'s voxels) over ``image``, colour bar in ``units``;
+    shown at the source resolution up to ``max_side`` (default 512 in 2D, 256 in 3D)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    values = on_grid(image, grid)
+    side = max_side or (512 if grid.spatial_dims == 2 else 256)
+    grid, values, relevance = on_display(image, grid, relevance, side)
     low, high = display_range(image, values, window)
     picture = _greyscale(values, low, high)
     vmin = float(min(relevance.min(), 0.0))

@@ -14,13 +14,17 @@ from numpy.typing import NDArray
 
 from medlens.explain import UNITS, explain_batch
 from medlens.explain.outputs import explained_classes
-from medlens.explain.overlay import display_range, on_grid, render
+from medlens.explain.overlay import display_range, on_display, render
 from medlens.inference import Artifact, load_artifact
 from medlens.inference.batching import DynamicBatcher
 from medlens.inference.engine import Engine
 from medlens.io.image import MedicalImage
 from medlens.models.forward import to_probabilities
 from medlens.serving.settings import ServeSettings
+
+#: largest side of the image and heatmap sent to the viewer (source resolution below that):
+#: a 512^2 slice is 1 MiB of float32, a 128^3 volume 8 MiB
+DISPLAY_SIDE = {2: 512, 3: 128}
 
 
 def _array_payload(values: NDArray[Any]) -> dict[str, Any]:
@@ -100,8 +104,8 @@ class ModelService:
     def explain(
         self, image: MedicalImage, grid: MedicalImage, method: str, class_name: str | None
     ) -> dict[str, Any]:
-        """A map of the decided (or asked) class, its overlay, the displayable image on the
-        model's grid and the map's faithfulness figures."""
+        """A map of the decided (or asked) class, its overlay, the image and the map on a display
+        grid (the source resolution, capped by DISPLAY_SIDE) and the map's faithfulness figures."""
         started = time.perf_counter()
         batch = grid.array.astype(np.float32)[None]
         with self._explain_lock:
@@ -119,13 +123,18 @@ class ModelService:
             )
         title = f"{decisions[0]} | {method} for {found.class_name!r} (p = {found.probability:.3f})"
         overlay = render(image, grid, found.relevance, title=title, units=UNITS[method])
-        display = on_grid(image, grid)
-        low, high = display_range(image, display)
+        side = DISPLAY_SIDE[grid.spatial_dims]
+        display, values, heat = on_display(image, grid, found.relevance, side)
+        low, high = display_range(image, values)
         return {
             "explanation": found.to_dict(),
             "overlay_png": base64.b64encode(overlay).decode(),
-            "heatmap": _array_payload(found.relevance),
-            "image": {**_array_payload(display[0]), "window": [low, high]},
+            "heatmap": _array_payload(heat),
+            "image": {
+                **_array_payload(values[0]),
+                "window": [low, high],
+                "spacing": list(display.spacing),
+            },
             "explain_ms": round(1000 * (time.perf_counter() - started), 1),
         }
 

@@ -130,9 +130,12 @@ function draw() {
   const canvas = $("canvas");
   canvas.width = w;
   canvas.height = h;
-  const scale = Math.max(1, Math.floor(512 / Math.max(h, w)));
-  canvas.style.width = `${w * scale}px`;
-  canvas.style.height = `${h * scale}px`;
+  // physical aspect ratio: rows are spacing[-2] mm apart, columns spacing[-1] mm
+  const spacing = state.result.image.spacing || [1, 1];
+  const aspect = spacing[spacing.length - 2] / spacing[spacing.length - 1];
+  const scale = 512 / Math.max(h * aspect, w);
+  canvas.style.width = `${Math.round(w * scale)}px`;
+  canvas.style.height = `${Math.round(h * aspect * scale)}px`;
   const ctx = canvas.getContext("2d");
   const pixels = ctx.createImageData(w, h);
   const [low, high] = state.window;
