@@ -58,7 +58,7 @@ def _curves(
     multilabel: bool,
 ) -> tuple[list[float], list[float]]:
     """Class probability as the most relevant voxels are replaced by a blurred copy (deletion)
-    or revealed on top of it (insertion), in ``steps`` equal fractions, in one batch."""
+    or revealed on top of it (insertion), in ``steps`` equal fractions, a few batches."""
     removed = blurred(image)
     order = np.argsort(-relevance.ravel(), kind="stable")
     n = order.size
