@@ -45,6 +45,8 @@ class Plan:
     label_smoothing: float = 0.0
     augmentation: dict[str, Any] = field(default_factory=dict)
     patience: int = 15
+    min_epochs: int = 0
+    ema_decay: float = 0.0
     seed: int = 0
     budget_s: float = 600.0
     mixed_precision: bool = True
@@ -76,6 +78,10 @@ class Plan:
             raise ConfigError(f"loss {self.loss!r}: use ce, focal or bce")
         if self.batch_size < 1 or self.epochs < 1 or self.lr <= 0:
             raise ConfigError("batch_size, epochs and lr must be positive")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.min_epochs < 0 or self.patience < 1:
+            raise ConfigError("min_epochs must be >= 0 and patience >= 1")
         if len(self.input_size) != self.spatial_dims:
             raise ConfigError(
                 f"input_size {self.input_size} does not have {self.spatial_dims} axes"

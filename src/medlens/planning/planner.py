@@ -123,6 +123,16 @@ def augmentation_for(spatial_dims: int) -> dict[str, Any]:
     }
 
 
+def ema_decay_for(steps_per_epoch: int) -> float:
+    """Weights averaged over about two epochs of steps (1 / (1 - decay) steps).
+
+    Validation AUC on a small split jumps from epoch to epoch; the averaged weights move
+    smoothly, so the epoch chosen on it is less a pick of noise (AdrenalMNIST3D: 98 validation
+    volumes; best epoch 4 of 67 with raw weights).
+    """
+    return round(min(0.9998, max(0.9, 1.0 - 1.0 / (2 * max(1, steps_per_epoch)))), 5)
+
+
 def preprocessing_for(fp: DatasetFingerprint, size: list[int]) -> list[dict[str, Any]]:
     steps: list[dict[str, Any]] = []
     if len(fp.channels) > 1:  # a mix of grey and colour files: convert to the majority
@@ -218,6 +228,8 @@ def make_plan(
         label_smoothing=0.0 if labels.multilabel else 0.05,
         augmentation=augmentation_for(fp.spatial_dims),
         patience=max(10, epochs // 3),
+        min_epochs=epochs // 2,
+        ema_decay=ema_decay_for(math.ceil(n_train / batch)),
         seed=seed,
         budget_s=budget_s,
         fingerprint=fp.to_dict(),

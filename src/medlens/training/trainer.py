@@ -29,6 +29,7 @@ from medlens.models import MedlensModel, create_model
 from medlens.models.forward import batched_logits, to_probabilities
 from medlens.planning.plan import Plan
 from medlens.serialization import load_state, load_weights, save_state, save_weights
+from medlens.training.averaging import WeightAverage
 from medlens.training.data import PreparedData
 from medlens.training.schedule import lr_multiplier
 
@@ -178,6 +179,12 @@ class Trainer:
         self.amp = plan.mixed_precision and self.device.startswith("cuda")
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.augment = plan.augment()
+        self.average = WeightAverage(self.model, plan.ema_decay) if plan.ema_decay > 0 else None
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The model validation scores and the best checkpoint keeps (the average, if any)."""
+        return self.average.model if self.average is not None else self.model
 
     def _steps_per_epoch(self) -> int:
         n, bs = len(self.train_idx), self.plan.batch_size
@@ -187,7 +194,7 @@ class Trainer:
     def _state(
         self, epoch: int, best: dict[str, Any], history: list[dict[str, Any]]
     ) -> dict[str, Any]:
-        return {
+        state = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -197,6 +204,9 @@ class Trainer:
             "history": history,
             "plan": self.plan.to_json(),
         }
+        if self.average is not None:
+            state["average"] = self.average.model.state_dict()
+        return state
 
     def _resume(self) -> tuple[int, dict[str, Any], list[dict[str, Any]]]:
         path = self.ckpt_dir / CHECKPOINT
@@ -213,6 +223,8 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
             if state.get("scaler"):
                 self.scaler.load_state_dict(state["scaler"])
+            if self.average is not None:
+                self.average.model.load_state_dict(state["average"])
         except (RuntimeError, KeyError, ValueError) as err:
             raise ArtifactError(f"checkpoint does not fit the model ({err})", path=path) from None
         return int(state["epoch"]), dict(state["best"]), list(state["history"])
@@ -248,6 +260,8 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
+            if self.average is not None:
+                self.average.update(self.model, self.scheduler.last_epoch)
             total += loss.item() * len(idx)
             count += len(idx)
             step += 1
@@ -257,7 +271,7 @@ class Trainer:
     def _validate(self) -> tuple[float, float]:
         images = self.data.images(self.val_idx)
         logits = batched_logits(
-            self.model, images, batch_size=self.plan.batch_size * 2, device=self.device
+            self.eval_model, images, batch_size=self.plan.batch_size * 2, device=self.device
         )
         order = np.sort(self.val_idx)
         target = torch.from_numpy(self.data.targets[order])
@@ -279,7 +293,7 @@ class Trainer:
         started = time.monotonic()
         stopped = "completed"
         for epoch in range(start_epoch, self.plan.epochs):
-            if best["bad_epochs"] >= self.plan.patience:
+            if epoch >= self.plan.min_epochs and best["bad_epochs"] >= self.plan.patience:
                 stopped = "early_stopping"
                 break
             self.on_event(
@@ -293,7 +307,9 @@ class Trainer:
             improved = is_improvement(score, val_loss, best)
             if improved:
                 best = {"score": score, "loss": val_loss, "epoch": epoch, "bad_epochs": 0}
-                save_weights(self.ckpt_dir / BEST, self.model.state_dict(), {"epoch": str(epoch)})
+                save_weights(
+                    self.ckpt_dir / BEST, self.eval_model.state_dict(), {"epoch": str(epoch)}
+                )
             else:
                 best["bad_epochs"] += 1
             row = {
