@@ -6,7 +6,7 @@ written after every run, and runs already recorded with the same budget are skip
 interrupted benchmark continues where it stopped.
 
     python benchmarks/bench_classification.py [--datasets pneumoniamnist adrenalmnist3d]
-        [--seeds 0 1 2] [--budget 600]
+        [--seeds 0 1 2] [--budget 600] [--fresh]
 """
 
 from __future__ import annotations
@@ -31,7 +31,12 @@ TARGETS = {
     "pneumoniamnist": {"auc": 0.975, "accuracy": 0.93},
     "adrenalmnist3d": {"auc": 0.86, "accuracy": 0.82},
 }
-KEYS = ("auc", "accuracy", "accuracy_at_0.5", "sensitivity", "specificity", "f1", "pr_auc", "ece")
+KEYS = (
+    "auc",
+    "accuracy",
+    "accuracy_at_0.5",
+    "accuracy_at_max_val_accuracy",
+    "sensitivity", "specificity", "f1", "pr_auc", "ece")
 NAME = "classification_quality"
 
 
@@ -46,9 +51,12 @@ def run_one(dataset: str, seed: int, budget: float, work: Path) -> dict[str, Any
         tensorboard=False,
     )
     m = result.metrics
+    other = m["other_operating_points"]["max_validation_accuracy"]
     return {
         "seed": seed,
-        "test": {k: m["test"][k] for k in KEYS if k in m["test"]},
+        "test": {k: m["test"][k] for k in KEYS if k in m["test"]}
+        | {"accuracy_at_max_val_accuracy": other["accuracy"]},
+        "max_val_accuracy_point": other,
         "ci": m["test"]["ci"],
         "val_auc": m["val"]["auc"],
         "threshold": m["threshold"],
@@ -77,6 +85,10 @@ def summarise(runs: list[dict[str, Any]], dataset: str) -> dict[str, Any]:
             }
     targets = TARGETS[dataset]
     out["meets_targets"] = all(out[k]["mean"] >= v for k, v in targets.items() if k in out)
+    out["meets_targets_at_max_val_accuracy"] = all(
+        out["accuracy_at_max_val_accuracy" if k == "accuracy" else k]["mean"] >= v
+        for k, v in targets.items()
+    )
     out["targets"] = targets
     out["published_auc_acc"] = published_results()[dataset]
     return out
@@ -87,9 +99,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--datasets", nargs="+", default=list(FILES))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--budget", type=float, default=600.0)
+    parser.add_argument("--fresh", action="store_true", help="discard the recorded runs")
     args = parser.parse_args(argv)
     path = RESULTS / f"{NAME}.json"
-    previous = json.loads(path.read_text()) if path.exists() else {}
+    previous = json.loads(path.read_text()) if path.exists() and not args.fresh else {}
     datasets: dict[str, Any] = previous.get("datasets", {})
     with tempfile.TemporaryDirectory() as tmp:
         for dataset in args.datasets:
@@ -107,7 +120,9 @@ def main(argv: list[str] | None = None) -> None:
                     {
                         "description": "medlens train with the default plan (no per-dataset tuning), "
                         "official MedMNIST split, test metrics; accuracy at the validation-chosen "
-                        "threshold, accuracy_at_0.5 as in the published protocol",
+                        "threshold (Youden's J, the default), accuracy_at_0.5 as in the published "
+                        "protocol, accuracy_at_max_val_accuracy at the threshold maximising "
+                        "validation accuracy (the accuracy-oriented point, also chosen on val)",
                         "budget_s": args.budget,
                         "datasets": datasets,
                     },

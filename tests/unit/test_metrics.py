@@ -8,7 +8,7 @@ from sklearn import metrics as skm
 
 from medlens.data.labels import LabelSpec
 from medlens.evaluation import SplitScores, bootstrap_ci, choose_threshold, evaluate_scores
-from medlens.evaluation.calibration import fit_temperature
+from medlens.evaluation.calibration import fit_temperature, max_accuracy_threshold
 from medlens.metrics import (
     average_precision,
     binary_metrics,
@@ -72,6 +72,15 @@ def test_youden_threshold_and_target_sensitivity() -> None:
     assert np.mean(SCORE[Y == 1] >= t95) >= 0.95
 
 
+def test_max_accuracy_threshold_is_the_best_cut_with_a_margin() -> None:
+    t = max_accuracy_threshold(Y, SCORE)
+    best = max(np.mean((SCORE >= c) == Y) for c in np.unique(SCORE))
+    assert np.mean((SCORE >= t) == Y) == pytest.approx(best)
+    assert t not in set(SCORE.tolist())  # halfway between two scores, not on one
+    separable = max_accuracy_threshold(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.6, 0.9]))
+    assert separable == pytest.approx(0.4)
+
+
 def test_temperature_scaling_fixes_overconfidence() -> None:
     y = RNG.integers(0, 2, 2000)
     true_logit = (y * 2 - 1) * 1.0 + RNG.normal(0, 1.0, 2000)
@@ -119,3 +128,8 @@ def test_evaluate_scores_freezes_the_validation_threshold() -> None:
     for key in ("auc", "accuracy", "sensitivity", "specificity", "f1"):
         assert key in metrics["test"] and key in metrics["test"]["ci"]
     assert metrics["test"]["confusion_matrix"] and len(metrics["test"]["confusion_matrix"]) == 2
+    other = metrics["other_operating_points"]["max_validation_accuracy"]
+    assert other["threshold"] == again["other_operating_points"]["max_validation_accuracy"][
+        "threshold"
+    ]
+    assert 0 <= other["accuracy"] <= 1

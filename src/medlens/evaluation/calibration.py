@@ -46,3 +46,16 @@ def choose_threshold(
         return float(min(1.0, thresholds[reach[0]]))
     best = int(np.argmax(tpr - fpr))
     return float(min(1.0, thresholds[best]))
+
+
+def max_accuracy_threshold(y: NDArray[Any], score: NDArray[Any]) -> float:
+    """The threshold with the highest accuracy on ``(y, score)``: halfway between two adjacent
+    scores (a margin on both sides), the middle one when several cuts tie."""
+    if len(np.unique(y)) < 2:
+        raise ConfigError("the validation split has one class only; cannot choose a threshold")
+    s = np.unique(np.asarray(score, dtype=np.float64))
+    cuts = np.concatenate([[s[0] - 1e-6], (s[:-1] + s[1:]) / 2, [s[-1] + 1e-6]])
+    positive = np.asarray(y).astype(bool)
+    correct = [np.sum((score >= c) == positive) for c in cuts]
+    best = np.flatnonzero(np.asarray(correct) == max(correct))
+    return float(np.clip(cuts[best[len(best) // 2]], 0.0, 1.0))
