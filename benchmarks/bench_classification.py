@@ -36,7 +36,12 @@ KEYS = (
     "accuracy",
     "accuracy_at_0.5",
     "accuracy_at_max_val_accuracy",
-    "sensitivity", "specificity", "f1", "pr_auc", "ece")
+    "sensitivity",
+    "specificity",
+    "f1",
+    "pr_auc",
+    "ece",
+)
 NAME = "classification_quality"
 
 

@@ -74,8 +74,8 @@ def test_youden_threshold_and_target_sensitivity() -> None:
 
 def test_max_accuracy_threshold_is_the_best_cut_with_a_margin() -> None:
     t = max_accuracy_threshold(Y, SCORE)
-    best = max(np.mean((SCORE >= c) == Y) for c in np.unique(SCORE))
-    assert np.mean((SCORE >= t) == Y) == pytest.approx(best)
+    best = max(np.mean((c <= SCORE) == Y) for c in np.unique(SCORE))
+    assert np.mean((t <= SCORE) == Y) == pytest.approx(best)
     assert t not in set(SCORE.tolist())  # halfway between two scores, not on one
     separable = max_accuracy_threshold(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.6, 0.9]))
     assert separable == pytest.approx(0.4)
@@ -129,7 +129,8 @@ def test_evaluate_scores_freezes_the_validation_threshold() -> None:
         assert key in metrics["test"] and key in metrics["test"]["ci"]
     assert metrics["test"]["confusion_matrix"] and len(metrics["test"]["confusion_matrix"]) == 2
     other = metrics["other_operating_points"]["max_validation_accuracy"]
-    assert other["threshold"] == again["other_operating_points"]["max_validation_accuracy"][
-        "threshold"
-    ]
+    assert (
+        other["threshold"]
+        == again["other_operating_points"]["max_validation_accuracy"]["threshold"]
+    )
     assert 0 <= other["accuracy"] <= 1
