@@ -150,6 +150,42 @@ def test_export_onnx_reports_parity(
     assert "max |difference|" in result.out  # type: ignore[attr-defined]
 
 
+def test_int8_export_keeps_the_decisions(
+    trained: tuple[Path, dict[str, object]],
+    phantoms: Path,
+    run_cli: Callable[..., object],
+    tmp_path: Path,
+) -> None:
+    import shutil
+
+    run, _ = trained
+    model = tmp_path / "model"
+    shutil.copytree(run / "model", model)
+    refused = run_cli("export", str(model), "--int8")
+    assert refused.code == 2 and "--calibration" in refused.err  # type: ignore[attr-defined]
+    result = run_cli("export", str(model), "--int8", "--calibration", str(run / "manifest.csv"))
+    assert result.code == 0, result.err  # type: ignore[attr-defined]
+    report = json.loads((model / "quantization.json").read_text())
+    # calibrated on the validation rows, checked on the test rows
+    assert report["calibration_images"] > 0 and report["check_images"] > 0
+    assert report["decision_agreement"] >= 0.9, report
+    assert abs(report["auc_int8"] - report["auc_fp32"]) <= 0.03, report
+    rows = {}
+    for precision in ("fp32", "int8"):
+        out = tmp_path / f"{precision}.csv"
+        args = ("predict", str(model), str(phantoms / "nodule"), "--out", str(out))
+        done = run_cli(*args, "--precision", precision)
+        assert done.code == 0, done.err  # type: ignore[attr-defined]
+        rows[precision] = [r["prediction"] for r in csv.DictReader(out.open())]
+    same = sum(a == b for a, b in zip(rows["fp32"], rows["int8"], strict=True))
+    assert same >= 0.9 * len(rows["fp32"])
+    # weights changed after quantization: the stale INT8 model is refused, not used
+    weights = next(model.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
+    stale = run_cli("predict", str(model), str(phantoms / "nodule"), "--precision", "int8")
+    assert stale.code == 2 and "other weights" in stale.err  # type: ignore[attr-defined]
+
+
 def test_incompatible_artifacts_are_refused(
     trained: tuple[Path, dict[str, object]], run_cli: Callable[..., object], tmp_path: Path
 ) -> None:

@@ -26,6 +26,9 @@ def serve_command(
     backend: Annotated[
         str, typer.Option(help="auto (ONNX Runtime, else torch), onnx or torch.")
     ] = "auto",
+    precision: Annotated[
+        str, typer.Option(help="fp32, or int8 (the model made by `medlens export --int8`).")
+    ] = "fp32",
     max_batch: Annotated[int, typer.Option(help="Largest dynamic batch.")] = 32,
     batch_window_ms: Annotated[
         float,
@@ -71,6 +74,7 @@ def serve_command(
         batch_window_ms=batch_window_ms,
         max_queue=max_queue,
         backend=backend,
+        precision=precision,
         cors_origins=tuple(cors_origin or ()),
         audit_log=audit_log,
         onnx_cache=cache_dir() / "onnx",

@@ -21,6 +21,7 @@ from medlens.models.forward import batched_logits, combined
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "onnx", "torch")
+PRECISIONS = ("fp32", "int8")
 
 
 def artifact_digest(artifact: Artifact) -> str:
@@ -40,7 +41,8 @@ def _input_shape(artifact: Artifact) -> tuple[int, ...]:
 
 class Engine:
     """Logits (N, K) for preprocessed batches; ``backend`` "auto" uses ONNX Runtime when the
-    export works and torch otherwise (and says which in ``backend_used``)."""
+    export works and torch otherwise (and says which in ``backend_used``). ``precision="int8"``
+    runs the artifact's quantized model (`medlens export --int8`) through ONNX Runtime."""
 
     def __init__(
         self,
@@ -49,16 +51,26 @@ class Engine:
         backend: str = "auto",
         cache_dir: str | Path | None = None,
         threads: int | None = None,
+        precision: str = "fp32",
     ):
         if backend not in BACKENDS:
             raise ConfigError(f"unknown backend {backend!r}; use one of {list(BACKENDS)}")
+        if precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {precision!r}; use one of {list(PRECISIONS)}")
+        if precision == "int8" and backend == "torch":
+            raise ConfigError("INT8 models run on ONNX Runtime; use --backend onnx or auto")
         self.artifact = artifact
         self.flips = tuple(artifact.meta["operating_point"].get("tta_flips", ()))
         self._model = combined(artifact.members).eval()
         self._lock = threading.Lock()  # torch modules are not re-entrant under hooks
         self._session: Any = None
         self.backend_used = "torch"
-        if backend != "torch":
+        if precision == "int8":
+            from medlens.inference.quantize import int8_model
+
+            self._session = self._ort_session(int8_model(artifact), threads)
+            self.backend_used = "onnx-int8"
+        elif backend != "torch":
             try:
                 self._session = self._onnx_session(cache_dir, threads)
                 self.backend_used = "onnx"
@@ -70,8 +82,6 @@ class Engine:
                 )
 
     def _onnx_session(self, cache_dir: str | Path | None, threads: int | None) -> Any:
-        import onnxruntime as ort
-
         from medlens.inference.onnx import export_onnx
 
         folder = Path(cache_dir or self.artifact.folder.parent / ".onnx-cache")
@@ -80,6 +90,12 @@ class Engine:
             folder.mkdir(parents=True, exist_ok=True)
             report = export_onnx(self.artifact.members, _input_shape(self.artifact), path)
             log.info("exported %s (max |ORT - torch| = %.2g)", path, report.max_abs_diff)
+        return self._ort_session(path, threads)
+
+    @staticmethod
+    def _ort_session(path: Path, threads: int | None) -> Any:
+        import onnxruntime as ort
+
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads

@@ -44,7 +44,12 @@ class ModelService:
         self.artifact: Artifact = load_artifact(folder)
         self.name = name or str(self.artifact.meta["name"])
         self.version = str(self.artifact.meta["version"])
-        self.engine = Engine(self.artifact, backend=settings.backend, cache_dir=settings.onnx_cache)
+        self.engine = Engine(
+            self.artifact,
+            backend=settings.backend,
+            cache_dir=settings.onnx_cache,
+            precision=settings.precision,
+        )
         self.batcher = DynamicBatcher(
             self.engine.logits,
             max_batch=settings.max_batch,

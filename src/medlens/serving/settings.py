@@ -28,6 +28,7 @@ class ServeSettings:
     batch_window_ms: float = 0.0
     max_queue: int = 64
     backend: str = "auto"
+    precision: str = "fp32"
     cors_origins: tuple[str, ...] = ()
     audit_log: Path | None = None
     onnx_cache: Path | None = None
