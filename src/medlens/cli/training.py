@@ -70,7 +70,9 @@ def show_plan(plan: Plan) -> None:
         (
             "schedule",
             f"{plan.epochs} epochs, {plan.optimizer} lr {plan.lr}, {plan.schedule}, "
-            f"warm-up {plan.warmup_epochs} epochs, patience {plan.patience}",
+            f"warm-up {plan.warmup_epochs} epochs, patience {plan.patience} "
+            f"(from epoch {plan.min_epochs}), weight average "
+            + (f"EMA {plan.ema_decay}" if plan.ema_decay else "off"),
         ),
         (
             "loss",
