@@ -2,20 +2,20 @@
 ONNX Runtime call in-process (same model, same image, same run), then throughput with 1, 8, 32
 and 64 concurrent keep-alive clients (bounded in time), counting 5xx and lost requests.
 
-Client threads and the server share the machine's cores, so on 2 cores the clients' own work is
-part of every figure; the ratios are what to compare.
+The load clients (coroutines in a separate process) and the server share the machine's cores,
+so on 2 cores the clients' own work is part of every figure; the ratios are what to compare.
 """
 
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -95,45 +95,25 @@ def _percentiles(seconds: list[float]) -> dict[str, float]:
     return {f"p{q}_ms": round(float(np.percentile(ms, q)), 3) for q in (50, 95, 99)}
 
 
-def _load_test(port: int, model: str, data: bytes, clients: int) -> dict[str, Any]:
-    statuses: list[int] = []
-    latencies: list[float] = []
-    lost = 0
-    lock = threading.Lock()
-    stop = time.perf_counter() + SECONDS
-
-    def worker() -> None:
-        nonlocal lost
-        client = Client(port, model, data)
-        while time.perf_counter() < stop:
-            began = time.perf_counter()
-            try:
-                status = client.predict()
-            except (OSError, http.client.HTTPException):
-                with lock:
-                    lost += 1
-                client = Client(port, model, data)
-                continue
-            with lock:
-                statuses.append(status)
-                latencies.append(time.perf_counter() - began)
-
-    threads = [threading.Thread(target=worker) for _ in range(clients)]
-    began = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - began
+def _load_test(port: int, model: str, body: Path, kind: str, clients: int) -> dict[str, Any]:
+    """``clients`` keep-alive clients for SECONDS, from a separate process (benchmarks.load_client)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.load_client", "--port", str(port),
+         "--path", f"/v1/models/{model}/predict", "--token", TOKEN, "--body", str(body),
+         "--content-type", kind, "--clients", str(clients), "--seconds", str(SECONDS)],
+        capture_output=True, check=True, text=True, timeout=SECONDS + 120,
+    )  # fmt: skip
+    out = json.loads(done.stdout)
+    statuses = out["status"]
     ok = sum(1 for s in statuses if s == 200)
     return {
         "clients": clients,
-        "images_per_s": round(ok / elapsed, 1),
+        "images_per_s": round(ok / out["elapsed_s"], 1),
         "requests": len(statuses),
         "status_5xx": sum(1 for s in statuses if s >= 500),
         "status_503": sum(1 for s in statuses if s == 503),
-        "lost": lost,
-        **_percentiles(latencies or [0.0]),
+        "lost": out["lost"],
+        **_percentiles(out["latency_s"] or [0.0]),
     }
 
 
@@ -201,7 +181,9 @@ def main() -> None:
                     )
                     rows[f"window_{window:g}ms"] = {"in_process": here, "http": there}
                     if window == 0.0:
-                        load = [_load_test(port, case, data, n) for n in CLIENTS]
+                        body, kind = _multipart(data)
+                        (root / "body").write_bytes(body)
+                        load = [_load_test(port, case, root / "body", kind, n) for n in CLIENTS]
                         rows["throughput"] = load
                         rows["throughput_ratio_32_vs_1"] = round(
                             load[2]["images_per_s"] / load[0]["images_per_s"], 2
@@ -218,7 +200,8 @@ def main() -> None:
                 f"({LATENCY_REQUESTS} sequential requests interleaved with the in-process calls, "
                 "one PneumoniaMNIST test PNG, untrained "
                 f"weights); throughput with {list(CLIENTS)} keep-alive clients for {SECONDS:g} s "
-                "each (batch window 0 ms: a batch is whatever is queued)"
+                "each, coroutines in a separate client process (batch window 0 ms: a batch is "
+                "whatever is queued)"
             ),
             "models": results,
         },
