@@ -426,3 +426,9 @@ def _export_int8(artifact: Any, calibration: str, max_images: int) -> None:
         f"probabilities move {report.mean_probability_change:.4f} on average "
         f"(max {report.max_probability_change:.4f}){auc}"
     )
+    auc_drop = (report.auc_fp32 or 0.0) - (report.auc_int8 or 0.0)
+    if report.decision_agreement < 0.98 or auc_drop > 0.01:
+        err_console.print(
+            "[yellow]warning:[/] the INT8 model changes decisions noticeably; serve the fp32 "
+            "model, or calibrate on more images like the ones it will see"
+        )

@@ -140,6 +140,10 @@ def quantize_artifact(
                     Reader(),
                     quant_format=QuantFormat.QDQ,
                     per_channel=True,
+                    # 7-bit weights: x86 CPUs without VNNI multiply uint8 x int8 pairs into
+                    # saturating int16 sums; with full-range weights a PneumoniaMNIST CompactNet
+                    # lost 0.05 AUC (70 % decision agreement), with 7 bits none (measured)
+                    reduce_range=True,
                     activation_type=QuantType.QUInt8,
                     weight_type=QuantType.QInt8,
                 )
