@@ -84,10 +84,23 @@ class Client:
         self.path = f"/v1/models/{model}/predict"
 
     def predict(self) -> int:
+        return self.call()[0]
+
+    def call(self) -> tuple[int, bytes]:
         self.connection.request("POST", self.path, self.body, self.headers)
         response = self.connection.getresponse()
-        response.read()
-        return response.status
+        return response.status, response.read()
+
+
+def _stages(answer: dict[str, Any], seconds: float) -> dict[str, float]:
+    """Where one request's time went, from the server's own ``timing_ms`` fields."""
+    total, read = answer["timing_ms"]["total"], answer["timing_ms"]["read"]
+    return {
+        "receive_decode_preprocess": read,
+        "queue_inference_handback": answer["inference_ms"],
+        "rest_of_handler": total - read - answer["inference_ms"],
+        "http_and_client": 1000 * seconds - total,
+    }
 
 
 def _percentiles(seconds: list[float]) -> dict[str, float]:
@@ -167,11 +180,13 @@ def main() -> None:
                     for _ in range(10):
                         client.predict()
                         in_process()
-                    local, remote = [], []
+                    local, remote, stages = [], [], []
                     for _ in range(LATENCY_REQUESTS):  # interleaved: same background for both
                         began = time.perf_counter()
-                        assert client.predict() == 200
+                        status, answer = client.call()
                         remote.append(time.perf_counter() - began)
+                        assert status == 200
+                        stages.append(_stages(json.loads(answer), remote[-1]))
                         began = time.perf_counter()
                         in_process()
                         local.append(time.perf_counter() - began)
@@ -179,7 +194,14 @@ def main() -> None:
                     there["p50_overhead_pct"] = round(
                         100 * (there["p50_ms"] / here["p50_ms"] - 1), 1
                     )
-                    rows[f"window_{window:g}ms"] = {"in_process": here, "http": there}
+                    rows[f"window_{window:g}ms"] = {
+                        "in_process": here,
+                        "http": there,
+                        "server_stages_p50_ms": {
+                            k: round(float(np.median([st[k] for st in stages])), 3)
+                            for k in stages[0]
+                        },
+                    }
                     if window == 0.0:
                         body, kind = _multipart(data)
                         (root / "body").write_bytes(body)
