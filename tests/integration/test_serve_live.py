@@ -16,6 +16,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,18 +42,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    root = tmp_path_factory.mktemp("live")
-    model = make_artifact(root / "model")
+@contextmanager
+def running(root: Path, model: Path, *extra: str) -> Iterator[Server]:
+    """`medlens serve MODEL` on a free port until the block ends, then SIGTERM to its PID."""
     tokens = root / "tokens"
     tokens.write_text(TOKEN + "\n")
     port = free_port()
     env = {**os.environ, "MEDLENS_CACHE": str(root / "cache")}
     process = subprocess.Popen(
         [sys.executable, "-m", "medlens.cli.main", "serve", str(model), "--port", str(port),
-         "--token-file", str(tokens), "--audit-log", str(root / "audit.jsonl"),
-         "--batch-window-ms", "20"],
+         "--token-file", str(tokens), "--audit-log", str(root / "audit.jsonl"), *extra],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
@@ -79,6 +78,65 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    root = tmp_path_factory.mktemp("live")
+    with running(root, make_artifact(root / "model"), "--batch-window-ms", "20") as live:
+        yield live
+
+
+def children(pid: int) -> set[int]:
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def running_pid(pid: int) -> bool:
+    """Alive and not a zombie (an exited worker whose reaper has not collected it yet)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+def test_worker_processes_share_the_port_and_the_metrics(tmp_path: Path) -> None:
+    with running(tmp_path, make_artifact(tmp_path / "model"), "--workers", "2") as live:
+        path = f"/v1/models/{live.model}/predict"
+        deadline = time.monotonic() + 30
+        while len(children(live.process.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)  # uvicorn starts its workers after binding the port
+        workers = children(live.process.pid)
+        assert len(workers) >= 2
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda k: request(live, path, png_bytes(k)), range(40)))
+        assert all(status == 200 for status, _, _ in answers)
+        singles = [request(live, path, png_bytes(k))[1]["probabilities"] for k in range(3)]
+        assert singles == [answers[k][1]["probabilities"] for k in range(3)]
+        time.sleep(1.5)  # each worker shares its figures at least once a second
+        req = urllib.request.Request(
+            f"{live.url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}
+        )
+        with urllib.request.urlopen(req, timeout=10) as response:
+            text = response.read().decode()
+        served = sum(
+            int(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith('medlens_requests_total{route="predict"') and 'status="200"' in line
+        )
+        assert served == 43, text  # the whole service, whichever worker answered the scrape
+        audit = (tmp_path / "audit.jsonl").read_text().splitlines()
+        assert len([json.loads(line) for line in audit]) == 43  # whole lines from both workers
+    time.sleep(0.5)
+    assert not [p for p in workers if running_pid(p)], "workers outlived the server"
 
 
 def request(

@@ -367,3 +367,44 @@ def test_tokens_come_from_a_file_or_the_environment(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="shorter than 16"):
         load_tokens(None, {"MEDLENS_API_TOKENS": "short"})
     assert TOKEN not in token_id(TOKEN)
+
+
+def test_worker_settings_travel_without_the_tokens(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text(TOKEN + "\n")
+    settings = ServeSettings(
+        model_dirs=(tmp_path / "m",),
+        tokens=(TOKEN,),
+        allowed_dirs=(tmp_path,),
+        limits=Limits(max_bytes=1234),
+        precision="int8",
+        cors_origins=("https://viewer.example",),
+        audit_log=tmp_path / "audit.jsonl",
+        metrics_dir=tmp_path / "metrics",
+    )
+    text = settings.to_config(tokens)
+    assert TOKEN not in text
+    assert ServeSettings.from_config(text) == settings
+    with pytest.raises(ConfigError, match="token"):
+        ServeSettings.from_config(settings.to_config(None), environ={})
+
+
+def test_metrics_of_all_workers_are_summed(tmp_path: Path) -> None:
+    from medlens.serving.telemetry import Metrics, SharedMetrics, render
+
+    here = Metrics()
+    here.observe("predict", "m", 200, 0.02)
+    shared = SharedMetrics(tmp_path, lambda: here.snapshot({"m": 3}, {"m": (2, 5)}), 60)
+    other = Metrics()
+    other.observe("predict", "m", 200, 0.3)
+    other.observe("predict", "m", 422, 0.001)
+    # a worker that has exited (no such process): its requests count, its queue does not
+    (tmp_path / "999999999.json").write_text(json.dumps(other.snapshot({"m": 7}, {"m": (1, 1)})))
+    text = render(shared.collect())
+    shared.close()
+    assert 'medlens_requests_total{route="predict",model="m",status="200"} 2' in text
+    assert 'medlens_requests_total{route="predict",model="m",status="422"} 1' in text
+    assert 'medlens_request_seconds_count{route="predict",model="m"} 3' in text
+    assert 'medlens_request_seconds_bucket{route="predict",model="m",le="0.025"} 2' in text
+    assert 'medlens_queue_depth{model="m"} 3' in text
+    assert 'medlens_batches_total{model="m"} 3' in text

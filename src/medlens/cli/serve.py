@@ -47,19 +47,33 @@ def serve_command(
     audit_log: Annotated[
         Path | None, typer.Option(help="Append the audit log here (JSON lines; default: stderr).")
     ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="Server processes sharing the port (each loads the models and batches its own "
+            "requests); more than one pays off for small models, whose per-request Python work "
+            "is the bound."
+        ),
+    ] = 1,
 ) -> None:
     """Serve models: POST /v1/models/NAME/predict|explain, GET /v1/models, /health, /ready,
     /metrics, and the web viewer at /."""
-    import logging
+    import dataclasses
+    import os
+    import shutil
+    import tempfile
 
     import uvicorn
 
     from medlens.serving.app import create_app
-    from medlens.serving.settings import ServeSettings, load_tokens
+    from medlens.serving.settings import CONFIG_ENV, ServeSettings, load_tokens
+    from medlens.serving.telemetry import audit_to_stderr
     from medlens.serving.uploads import Limits
 
-    if max_batch < 1 or max_queue < 1 or batch_window_ms < 0:
-        raise ConfigError("--max-batch and --max-queue must be >= 1, --batch-window-ms >= 0")
+    if max_batch < 1 or max_queue < 1 or batch_window_ms < 0 or workers < 1:
+        raise ConfigError(
+            "--max-batch, --max-queue and --workers must be >= 1, --batch-window-ms >= 0"
+        )
     for folder in allow_dir or []:
         if not folder.is_dir():
             raise ConfigError("--allow-dir is not a folder", path=folder)
@@ -80,10 +94,32 @@ def serve_command(
         onnx_cache=cache_dir() / "onnx",
     )
     if audit_log is None:
-        logging.getLogger("medlens.audit").setLevel(logging.INFO)
-        logging.getLogger("medlens.audit").addHandler(logging.StreamHandler())
-    app = create_app(settings)
+        audit_to_stderr()
+    app = create_app(settings)  # loads (and exports) every model once: errors show here
     for name, service in app.state.models.items():
         console.print(f"model [b]{name}[/b] v{service.version} ({service.engine.backend_used})")
-    console.print(f"serving at http://{host}:{port}/ (viewer) - Ctrl+C stops")
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    console.print(
+        f"serving at http://{host}:{port}/ (viewer)"
+        + (f" with {workers} worker processes" if workers > 1 else "")
+        + " - Ctrl+C stops"
+    )
+    if workers == 1:
+        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+        return
+    for service in app.state.models.values():
+        service.close()
+    del app
+    shared = Path(tempfile.mkdtemp(prefix="medlens-metrics-"))
+    os.environ[CONFIG_ENV] = dataclasses.replace(settings, metrics_dir=shared).to_config(token_file)
+    try:
+        uvicorn.run(
+            "medlens.serving.app:app_from_environment",
+            factory=True,
+            workers=workers,
+            host=host,
+            port=port,
+            log_level="warning",
+            access_log=False,
+        )
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)

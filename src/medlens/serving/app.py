@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import os
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -30,8 +31,14 @@ from medlens.explain import METHODS
 from medlens.inference.batching import QueueFullError
 from medlens.io.image import MedicalImage
 from medlens.serving.service import ModelService
-from medlens.serving.settings import ServeSettings, token_id
-from medlens.serving.telemetry import AuditLog, Metrics
+from medlens.serving.settings import CONFIG_ENV, ServeSettings, token_id
+from medlens.serving.telemetry import (
+    AuditLog,
+    Metrics,
+    SharedMetrics,
+    audit_to_stderr,
+    render,
+)
 from medlens.serving.uploads import UploadError, read_reference, read_upload
 
 log = logging.getLogger(__name__)
@@ -87,6 +94,13 @@ def create_app(settings: ServeSettings, services: list[ModelService] | None = No
     """An application serving ``services`` (built from ``settings.model_dirs`` when omitted)."""
     models = {s.name: s for s in services} if services is not None else _load(settings)
     metrics, audit = Metrics(), AuditLog(settings.audit_log)
+
+    def snapshot() -> dict[str, Any]:
+        depths = {n: s.batcher.depth for n, s in models.items()}
+        batches = {n: (s.batcher.batches, s.batcher.images) for n, s in models.items()}
+        return metrics.snapshot(depths, batches)
+
+    shared = SharedMetrics(settings.metrics_dir, snapshot) if settings.metrics_dir else None
     tokens = [t.encode() for t in settings.tokens]
     allowed = [d.resolve() for d in settings.allowed_dirs]
 
@@ -96,6 +110,8 @@ def create_app(settings: ServeSettings, services: list[ModelService] | None = No
         for service in models.values():
             service.close()
         audit.close()
+        if shared is not None:
+            shared.close()
 
     app = FastAPI(
         title="medlens",
@@ -264,9 +280,7 @@ def create_app(settings: ServeSettings, services: list[ModelService] | None = No
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def prometheus(_token: str = Depends(authorise)) -> str:
-        depths = {n: s.batcher.depth for n, s in models.items()}
-        batches = {n: (s.batcher.batches, s.batcher.images) for n, s in models.items()}
-        return metrics.render(depths, batches)
+        return render(shared.collect() if shared is not None else [snapshot()])
 
     @app.get("/openapi.json", include_in_schema=False)
     async def openapi(_token: str = Depends(authorise)) -> dict[str, Any]:
@@ -306,3 +320,12 @@ def _load(settings: ServeSettings) -> dict[str, ModelService]:
         service.name = name
         models[name] = service
     return models
+
+
+def app_from_environment() -> FastAPI:
+    """One worker of `medlens serve --workers N` (uvicorn's app factory): the settings come from
+    the parent in ``MEDLENS_SERVE_CONFIG``, the tokens from their file or environment again."""
+    settings = ServeSettings.from_config(os.environ[CONFIG_ENV])
+    if settings.audit_log is None:
+        audit_to_stderr()
+    return create_app(settings)

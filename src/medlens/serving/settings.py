@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from medlens.errors import ConfigError
 from medlens.serving.uploads import Limits
 
 TOKEN_ENV = "MEDLENS_API_TOKENS"
+#: how `medlens serve --workers N` hands its settings to the worker processes (never the tokens)
+CONFIG_ENV = "MEDLENS_SERVE_CONFIG"
 MIN_TOKEN_LENGTH = 16
 NEW_TOKEN_HINT = "make one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
@@ -33,6 +38,31 @@ class ServeSettings:
     audit_log: Path | None = None
     onnx_cache: Path | None = None
     explain_method: str = "gradcam"
+    #: a folder the worker processes of one service share their metrics through
+    metrics_dir: Path | None = None
+
+    def to_config(self, token_file: Path | None) -> str:
+        """JSON for the worker processes: everything but the tokens, which each worker reads
+        again from ``token_file`` (or the environment) so they are never copied around."""
+        data = {
+            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "tokens"
+        }
+        data["limits"] = dataclasses.asdict(self.limits)
+        data["token_file"] = token_file
+        return json.dumps(data, default=str)
+
+    @classmethod
+    def from_config(cls, text: str, environ: Mapping[str, str] = os.environ) -> ServeSettings:
+        data: dict[str, Any] = json.loads(text)
+        token_file = data.pop("token_file")
+        for key in ("audit_log", "onnx_cache", "metrics_dir"):
+            data[key] = Path(data[key]) if data[key] is not None else None
+        data["model_dirs"] = tuple(Path(p) for p in data["model_dirs"])
+        data["allowed_dirs"] = tuple(Path(p) for p in data["allowed_dirs"])
+        data["cors_origins"] = tuple(data["cors_origins"])
+        data["limits"] = Limits(**data["limits"])
+        data["tokens"] = load_tokens(Path(token_file) if token_file else None, environ)
+        return cls(**data)
 
 
 def load_tokens(
