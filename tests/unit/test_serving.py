@@ -208,6 +208,14 @@ def test_bad_inputs_get_a_4xx_with_one_line(client: TestClient, tmp_path: Path) 
     wrong_type = client.post("/v1/models/chest2d/predict", headers=AUTH, content=b"raw bytes")
     assert wrong_type.status_code == 415
     assert client.post("/v1/models/chest2d/predict", headers=AUTH, json=[1]).status_code == 400
+    part = b'--AAA\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n\r\n'
+    body = part + png_bytes() + b"\r\n--AAA--\r\n"
+    for kind in ("multipart/form-data; boundary=BBB", "multipart/form-data"):
+        broken = client.post(
+            "/v1/models/chest2d/predict", headers=AUTH | {"Content-Type": kind}, content=body
+        )
+        assert broken.status_code == 400, broken.text  # not a 500: the client's mistake
+        assert broken.json()["detail"].startswith("malformed multipart body")
 
 
 def _zip(entries: dict[str, bytes], link: str | None = None) -> bytes:

@@ -25,6 +25,7 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Res
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from medlens.errors import MedlensError
 from medlens.explain import METHODS
@@ -143,7 +144,10 @@ def create_app(settings: ServeSettings, services: list[ModelService] | None = No
         """The bytes and name of a multipart ``file`` upload, or the path of a JSON reference."""
         kind = request.headers.get("content-type", "")
         if kind.startswith("multipart/form-data"):
-            form = await request.form(max_files=1, max_fields=4)
+            try:
+                form = await request.form(max_files=1, max_fields=4)
+            except StarletteHTTPException as err:  # python-multipart's refusals
+                raise UploadError(400, f"malformed multipart body: {err.detail}") from None
             upload = form.get("file")
             if not isinstance(upload, UploadFile):
                 raise UploadError(400, "multipart upload without a 'file' field")
