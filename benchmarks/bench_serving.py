@@ -39,6 +39,7 @@ MODELS = {
 LATENCY_REQUESTS = 200
 CLIENTS = (1, 8, 32, 64)
 SECONDS = float(os.environ.get("MEDLENS_BENCH_SECONDS", 30))
+WORKERS = os.cpu_count() or 2  # the multi-process run: `medlens serve --workers N`
 
 
 def _artifact(folder: Path, name: str, size: list[int], options: dict[str, Any]) -> Path:
@@ -130,7 +131,9 @@ def _load_test(port: int, model: str, body: Path, kind: str, clients: int) -> di
     }
 
 
-def _serve(model_dir: Path, root: Path, window_ms: float) -> tuple[subprocess.Popen[bytes], int]:
+def _serve(
+    model_dir: Path, root: Path, window_ms: float, workers: int = 1
+) -> tuple[subprocess.Popen[bytes], int]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
@@ -139,7 +142,7 @@ def _serve(model_dir: Path, root: Path, window_ms: float) -> tuple[subprocess.Po
     process = subprocess.Popen(
         [sys.executable, "-m", "medlens.cli.main", "serve", str(model_dir), "--port", str(port),
          "--token-file", str(tokens), "--audit-log", str(root / f"audit-{port}.jsonl"),
-         "--batch-window-ms", str(window_ms), "--max-queue", "256"],
+         "--batch-window-ms", str(window_ms), "--max-queue", "256", "--workers", str(workers)],
         env={**os.environ, "MEDLENS_CACHE": str(root / "cache")},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
@@ -213,6 +216,18 @@ def main() -> None:
                 finally:
                     os.kill(process.pid, signal.SIGTERM)
                     process.wait(timeout=30)
+            process, port = _serve(folder, root, 0.0, workers=WORKERS)
+            try:
+                body, kind = _multipart(data)
+                (root / "body").write_bytes(body)
+                load = [_load_test(port, case, root / "body", kind, n) for n in CLIENTS]
+                rows[f"throughput_{WORKERS}_workers"] = load
+                rows[f"throughput_ratio_32_vs_1_{WORKERS}_workers"] = round(
+                    load[2]["images_per_s"] / load[0]["images_per_s"], 2
+                )
+            finally:
+                os.kill(process.pid, signal.SIGTERM)
+                process.wait(timeout=30)
             results[case] = rows
     write_result(
         "serving",
@@ -223,7 +238,7 @@ def main() -> None:
                 "one PneumoniaMNIST test PNG, untrained "
                 f"weights); throughput with {list(CLIENTS)} keep-alive clients for {SECONDS:g} s "
                 "each, coroutines in a separate client process (batch window 0 ms: a batch is "
-                "whatever is queued)"
+                f"whatever is queued), with 1 server process and with --workers {WORKERS}"
             ),
             "models": results,
         },

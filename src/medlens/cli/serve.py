@@ -110,7 +110,11 @@ def serve_command(
         service.close()
     del app
     shared = Path(tempfile.mkdtemp(prefix="medlens-metrics-"))
-    os.environ[CONFIG_ENV] = dataclasses.replace(settings, metrics_dir=shared).to_config(token_file)
+    # the cores are split between the workers: N workers x all-core thread pools would fight
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    os.environ[CONFIG_ENV] = dataclasses.replace(
+        settings, metrics_dir=shared, threads=threads
+    ).to_config(token_file)
     try:
         uvicorn.run(
             "medlens.serving.app:app_from_environment",

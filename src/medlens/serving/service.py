@@ -49,6 +49,7 @@ class ModelService:
             backend=settings.backend,
             cache_dir=settings.onnx_cache,
             precision=settings.precision,
+            threads=settings.threads,
         )
         self.batcher = DynamicBatcher(
             self.engine.logits,

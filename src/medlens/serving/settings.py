@@ -34,6 +34,8 @@ class ServeSettings:
     max_queue: int = 64
     backend: str = "auto"
     precision: str = "fp32"
+    #: ONNX Runtime threads per model (None: one per core)
+    threads: int | None = None
     cors_origins: tuple[str, ...] = ()
     audit_log: Path | None = None
     onnx_cache: Path | None = None
