@@ -111,13 +111,14 @@ def _percentiles(seconds: list[float]) -> dict[str, float]:
 
 def _load_test(port: int, model: str, body: Path, kind: str, clients: int) -> dict[str, Any]:
     """``clients`` keep-alive clients for SECONDS, from a separate process (benchmarks.load_client)."""
-    done = subprocess.run(
+    subprocess.run(
         [sys.executable, "-m", "benchmarks.load_client", "--port", str(port),
          "--path", f"/v1/models/{model}/predict", "--token", TOKEN, "--body", str(body),
-         "--content-type", kind, "--clients", str(clients), "--seconds", str(SECONDS)],
-        capture_output=True, check=True, text=True, timeout=SECONDS + 120,
+         "--content-type", kind, "--clients", str(clients), "--seconds", str(SECONDS),
+         "--out", str(body.with_suffix(".result.json"))],
+        check=True, timeout=SECONDS + 120,
     )  # fmt: skip
-    out = json.loads(done.stdout)
+    out = json.loads(body.with_suffix(".result.json").read_text())
     statuses = out["status"]
     ok = sum(1 for s in statuses if s == 200)
     return {

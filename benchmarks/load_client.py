@@ -6,7 +6,7 @@ once there are dozens of them, and that cost was being counted against the serve
 on one loop cost a fraction of it.
 
     python -m benchmarks.load_client --port P --path /v1/models/M/predict --token T \
-        --body FILE --content-type TYPE --clients 32 --seconds 30     # prints one JSON line
+        --body FILE --content-type TYPE --clients 32 --seconds 30 --out RESULT.json
 """
 
 from __future__ import annotations
@@ -75,6 +75,9 @@ def main() -> None:
     parser.add_argument("--content-type", required=True)
     parser.add_argument("--clients", type=int, required=True)
     parser.add_argument("--seconds", type=float, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    # a file, not stdout: the event loop may leave stdout non-blocking, and a large print to a
+    # pipe then breaks off part-way
     args = parser.parse_args()
     try:
         from uvloop import run as run_loop
@@ -91,7 +94,7 @@ def main() -> None:
             args.seconds,
         )
     )
-    print(json.dumps(out))
+    args.out.write_text(json.dumps(out))
 
 
 if __name__ == "__main__":
