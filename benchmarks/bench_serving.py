@@ -116,7 +116,7 @@ def _load_test(port: int, model: str, body: Path, kind: str, clients: int) -> di
          "--path", f"/v1/models/{model}/predict", "--token", TOKEN, "--body", str(body),
          "--content-type", kind, "--clients", str(clients), "--seconds", str(SECONDS),
          "--out", str(body.with_suffix(".result.json"))],
-        check=True, timeout=SECONDS + 120,
+        check=True, timeout=SECONDS + 120, cwd=Path(__file__).resolve().parents[1],
     )  # fmt: skip
     out = json.loads(body.with_suffix(".result.json").read_text())
     statuses = out["status"]
