@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -18,6 +18,9 @@ from medlens.cli.common import cache_dir, console, err_console, progress_bar
 from medlens.cli.sources import resolve_data
 from medlens.errors import ConfigError
 from medlens.planning import Plan, make_plan, parse_overrides, read_config
+
+if TYPE_CHECKING:
+    from medlens.inference.artifact import Artifact
 
 BudgetOpt = Annotated[str, typer.Option("--budget", help="Training time budget: 90s, 10m, 1h.")]
 SetOpt = Annotated[
@@ -396,7 +399,8 @@ def export_command(
         _export_int8(artifact, calibration, max_images)
 
 
-def _export_int8(artifact: Any, calibration: str, max_images: int) -> None:
+def _export_int8(artifact: Artifact, calibration: str, max_images: int) -> None:
+    """model.int8.onnx calibrated on DATA's validation rows, checked on its test rows."""
     from medlens.inference.quantize import calibration_split, quantize_artifact
     from medlens.training.data import prepare_data
 
