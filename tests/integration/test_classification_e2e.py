@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from medlens.data.synthetic import write_chest_folder
+from medlens.planning import Plan
 
 pytestmark = pytest.mark.integration
 
@@ -248,8 +249,42 @@ def test_cross_validation_ships_an_ensemble(phantoms: Path, tmp_path: Path) -> N
     )
     assert result.metrics["val"]["n"] == n_pool
     artifact = load_artifact(result.model_dir)
-    assert artifact.meta["members"] == ["fold0.safetensors", "fold1.safetensors"]
+    assert artifact.meta["members"] == ["member0.safetensors", "member1.safetensors"]
     assert len(artifact.members) == 2
+
+
+def test_budget_left_by_early_stopping_trains_another_member(
+    phantoms: Path, tmp_path: Path
+) -> None:
+    from medlens.data import load_manifest
+    from medlens.inference import load_artifact
+    from medlens.training.run import train_run
+
+    result = train_run(
+        load_manifest(phantoms),
+        tmp_path / "run",
+        cache_dir=tmp_path / "cache",
+        model="compactnet",
+        overrides={
+            "epochs": 10,
+            "min_epochs": 0,
+            "patience": 1,
+            "lr": 0.02,
+            "max_members": 2,
+            "batch_size": 16,
+            "model_options": {"widths": [8, 8, 16, 16]},
+        },
+        resamples=50,
+        tensorboard=False,
+    )
+    training = result.metrics["training"]
+    assert training["stopped"][0] == "early_stopping" and training["members"] == 2
+    member = Plan.load(tmp_path / "run/member1/plan.json")
+    assert member.seed != result.plan.seed and member.epochs <= result.plan.epochs
+    assert (tmp_path / "run/member1/history.csv").is_file()
+    artifact = load_artifact(result.model_dir)
+    assert artifact.meta["members"] == ["member0.safetensors", "member1.safetensors"]
+    assert result.metrics["test"]["auc"] > 0.8
 
 
 @pytest.mark.parametrize("task", ["multiclass", "ordinal", "multilabel"])

@@ -81,6 +81,12 @@ def show_plan(plan: Plan) -> None:
             "loss",
             f"{plan.loss}, class weights {plan.class_weights}, smoothing {plan.label_smoothing}",
         ),
+        (
+            "ensemble",
+            f"up to {plan.max_members - 1} more member(s) in the budget early stopping leaves"
+            if plan.max_members > 1
+            else "one model",
+        ),
         ("estimate", f"{plan.estimates.get('train_s')} s for a {plan.budget_s:.0f} s budget"),
     ]
     for key, value in rows:

@@ -2,7 +2,7 @@
 
     model/
       model.json          architecture, labels, preprocessing, operating point, metrics, versions
-      weights.safetensors  (or fold0.safetensors ... for a cross-validation ensemble)
+      weights.safetensors  (or member0.safetensors ... for an ensemble)
       plan.json           the training plan
 
 Loading never unpickles; a newer format version or a mismatched weight file is refused with a fix.
@@ -66,7 +66,7 @@ def save_artifact(
     files = (
         ["weights.safetensors"]
         if len(members) == 1
-        else [f"fold{i}.safetensors" for i in range(len(members))]
+        else [f"member{i}.safetensors" for i in range(len(members))]
     )
     for model, file in zip(members, files, strict=True):
         save_weights(folder / file, model.state_dict(), {"format": FORMAT})

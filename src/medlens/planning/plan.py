@@ -47,6 +47,7 @@ class Plan:
     patience: int = 15
     min_epochs: int = 0
     ema_decay: float = 0.0
+    max_members: int = 1
     seed: int = 0
     budget_s: float = 600.0
     mixed_precision: bool = True
@@ -80,8 +81,8 @@ class Plan:
             raise ConfigError("batch_size, epochs and lr must be positive")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
-        if self.min_epochs < 0 or self.patience < 1:
-            raise ConfigError("min_epochs must be >= 0 and patience >= 1")
+        if self.min_epochs < 0 or self.patience < 1 or self.max_members < 1:
+            raise ConfigError("min_epochs must be >= 0, patience and max_members >= 1")
         if len(self.input_size) != self.spatial_dims:
             raise ConfigError(
                 f"input_size {self.input_size} does not have {self.spatial_dims} axes"

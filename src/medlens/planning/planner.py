@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 #: 0.998 both, AdrenalMNIST3D 0.887 vs 0.879 with 20; benchmarks/bench_classification.py)
 MIN_EPOCHS = 40
 USABLE_BUDGET = 0.8  # the rest covers caching, evaluation and the report
+#: ensemble members trained in the budget a run leaves when early stopping ends it (training/run.py)
+MAX_MEMBERS = 3
 WIDTHS = ((32, 64, 128, 256), (24, 48, 96, 192), (16, 32, 64, 128), (8, 16, 32, 64))
 
 
@@ -230,6 +232,7 @@ def make_plan(
         patience=max(10, epochs // 3),
         min_epochs=epochs // 2,
         ema_decay=ema_decay_for(math.ceil(n_train / batch)),
+        max_members=MAX_MEMBERS,
         seed=seed,
         budget_s=budget_s,
         fingerprint=fp.to_dict(),

@@ -29,6 +29,7 @@ from medlens.models.forward import batched_logits, to_probabilities
 from medlens.models.transfer import load_backbone
 from medlens.planning import Plan, make_plan
 from medlens.training.data import PreparedData, prepare_data
+from medlens.training.members import member_plan, spent_seconds
 from medlens.training.trainer import Event, Trainer, TrainResult, build_model, pick_device
 
 log = logging.getLogger(__name__)
@@ -198,18 +199,43 @@ def _resolve_plan(
     return plan
 
 
-def _fit(ctx: _Context, data: PreparedData, out: Path, deadline_s: float) -> TrainResult:
+def _fit(
+    ctx: _Context, data: PreparedData, out: Path, deadline_s: float, plan: Plan | None = None
+) -> TrainResult:
+    plan = plan or ctx.plan
     trainer = Trainer(
-        ctx.plan,
+        plan,
         data,
         out,
         device=ctx.device,
         on_event=ctx.on_event,
         deadline_s=deadline_s,
         tensorboard=ctx.tensorboard,
-        init_model=_initial_model(ctx.plan),
+        init_model=_initial_model(plan),
     )
     return trainer.fit(resume=ctx.resume)
+
+
+def _train_members(
+    ctx: _Context, data: PreparedData, stage: Callable[[str], None]
+) -> list[TrainResult]:
+    """The planned model, then more members while the unspent budget affords them."""
+    plan = ctx.plan
+    stage(f"training {plan.model} for up to {plan.epochs} epochs on {ctx.device}")
+    results = [_fit(ctx, data, ctx.run_dir, plan.budget_s * 1.25)]
+    while True:
+        out = ctx.run_dir / f"member{len(results)}"
+        saved = out / "plan.json"
+        member = Plan.load(saved) if ctx.resume and saved.exists() else member_plan(plan, results)
+        if member is None:
+            return results
+        member.save(saved)
+        left = plan.budget_s - spent_seconds(results)
+        stage(
+            f"training ensemble member {len(results) + 1} for up to {member.epochs} epochs "
+            f"(early stopping left {left:.0f} s of the budget)"
+        )
+        results.append(_fit(ctx, data, out, max(left, 0.0) * 1.1, member))
 
 
 def _train_folds(
@@ -303,7 +329,8 @@ def train_run(
     title: str | None = None,
 ) -> RunResult:
     """Train, evaluate on test, and write ``plan.json``, ``metrics.json``, ``report.html`` and
-    ``model/`` into ``run_dir``. ``folds=k`` trains k fold models and ships their ensemble.
+    ``model/`` into ``run_dir``. ``folds=k`` trains k fold models and ships their ensemble;
+    without folds, budget that early stopping leaves trains more members (``plan.max_members``).
 
     Example:
         >>> result = train_run(load_manifest("pneumoniamnist.npz"), "runs/pneu", cache_dir=".cache", budget_s=300)  # doctest: +SKIP
@@ -345,9 +372,8 @@ def train_run(
     if folds:
         results, val = _train_folds(ctx, manifest, folds, seed, stage)
     else:
-        stage(f"training {plan.model} for up to {plan.epochs} epochs on {ctx.device}")
-        results = [_fit(ctx, data, run_dir, plan.budget_s * 1.25)]
-        val = _scores(data, "val", [results[0].model], ctx.device, tta_flips)
+        results = _train_members(ctx, data, stage)
+        val = _scores(data, "val", [r.model for r in results], ctx.device, tta_flips)
     stage("evaluating on the test split")
     test = _scores(data, "test", [r.model for r in results], ctx.device, tta_flips)
     metrics = evaluate_scores(
@@ -362,6 +388,7 @@ def train_run(
         "seed": plan.seed,
         "device": ctx.device,
         "folds": folds,
+        "members": len(results),
         "tta_flips": list(tta_flips),
         "split": how,
     }
