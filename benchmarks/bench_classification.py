@@ -15,6 +15,7 @@ import argparse
 import json
 import statistics
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,7 @@ NAME = "classification_quality"
 
 def run_one(dataset: str, seed: int, budget: float, work: Path) -> dict[str, Any]:
     manifest = load_manifest(SHARED / FILES[dataset])
+    started = time.monotonic()
     result = train_run(
         manifest,
         work / f"{dataset}-{seed}",
@@ -74,6 +76,7 @@ def run_one(dataset: str, seed: int, budget: float, work: Path) -> dict[str, Any
             "batch_size": result.plan.batch_size,
         },
         "training": m["training"],
+        "wall_s": round(time.monotonic() - started, 1),  # planning + caching + training + report
     }
 
 

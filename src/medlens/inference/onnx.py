@@ -14,6 +14,7 @@ from torch import nn
 
 from medlens._fs import atomic_path
 from medlens.errors import ArtifactError
+from medlens.inference.unroll import unroll_conv3d
 from medlens.models.forward import combined
 
 log = logging.getLogger(__name__)
@@ -34,12 +35,19 @@ def export_onnx(
     opset: int = 17,
     check_batches: tuple[int, ...] = (1, 4),
     tolerance: float = 1e-3,
+    unroll_3d: bool = True,
 ) -> ExportReport:
     """Export (mean logits of) ``members`` for inputs (N, *input_shape) with a dynamic batch axis,
-    then run ONNX Runtime and torch on random inputs and report the largest logit difference."""
+    then run ONNX Runtime and torch on random inputs and report the largest logit difference.
+
+    ``unroll_3d`` writes 3D convolutions as 2D ones (:mod:`medlens.inference.unroll`); the
+    parity check compares against the original members either way."""
     import onnxruntime as ort
 
-    model = combined(members).eval()
+    reference = combined(members).eval()
+    model, rewritten = unroll_conv3d(reference) if unroll_3d else (reference, 0)
+    if rewritten:
+        log.info("exporting %d Conv3d layers as depth-unrolled Conv2d", rewritten)
     path = Path(path)
     example = torch.randn(2, *input_shape)
     with atomic_path(path) as tmp, warnings.catch_warnings():
@@ -60,7 +68,7 @@ def export_onnx(
     for batch in check_batches:
         x = torch.randn(batch, *input_shape, generator=generator)
         with torch.no_grad():
-            expected = model(x).numpy()
+            expected = reference(x).numpy()
         got = session.run(None, {"image": x.numpy()})[0]
         worst = max(worst, float(np.max(np.abs(expected - got))))
     if worst > tolerance:
