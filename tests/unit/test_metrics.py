@@ -8,7 +8,12 @@ from sklearn import metrics as skm
 
 from medlens.data.labels import LabelSpec
 from medlens.evaluation import SplitScores, bootstrap_ci, choose_threshold, evaluate_scores
-from medlens.evaluation.calibration import fit_temperature, max_accuracy_threshold
+from medlens.evaluation.calibration import (
+    bootstrap_youden,
+    fit_temperature,
+    max_accuracy_threshold,
+    youden_cut,
+)
 from medlens.metrics import (
     average_precision,
     binary_metrics,
@@ -65,11 +70,29 @@ def test_multiclass_and_quadratic_kappa_match_sklearn() -> None:
 
 
 def test_youden_threshold_and_target_sensitivity() -> None:
-    fpr, tpr, thresholds = skm.roc_curve(Y, SCORE)
-    best = thresholds[np.argmax(tpr - fpr)]
-    assert choose_threshold(Y, SCORE) == pytest.approx(best)
+    fpr, tpr, _ = skm.roc_curve(Y, SCORE)
+    cut = youden_cut(Y, SCORE)
+    j = np.mean(SCORE[Y == 1] >= cut) - np.mean(SCORE[Y == 0] >= cut)
+    assert j == pytest.approx(np.max(tpr - fpr))  # the single cut reaches sklearn's best J
+    assert cut not in set(SCORE.tolist())  # halfway between two scores
+    # the default is the bootstrap mean: near the single cut, reproducible, almost as good
+    t = choose_threshold(Y, SCORE)
+    assert t == choose_threshold(Y, SCORE) and abs(t - cut) < 0.1
+    assert np.mean(SCORE[Y == 1] >= t) - np.mean(SCORE[Y == 0] >= t) > np.max(tpr - fpr) - 0.05
     t95 = choose_threshold(Y, SCORE, sensitivity=0.95)
     assert np.mean(SCORE[Y == 1] >= t95) >= 0.95
+
+
+def test_bootstrap_youden_is_steadier_than_one_cut() -> None:
+    """Small validation splits from one population: the bootstrap cut varies less."""
+    rng = np.random.default_rng(5)
+    single, boot = [], []
+    for _ in range(30):
+        y = rng.integers(0, 2, 80)
+        score = 1 / (1 + np.exp(-(rng.normal(size=80) + 1.5 * (2 * y - 1))))
+        single.append(youden_cut(y, score))
+        boot.append(bootstrap_youden(y, score, resamples=100))
+    assert np.std(boot) < np.std(single)
 
 
 def test_max_accuracy_threshold_is_the_best_cut_with_a_margin() -> None:
