@@ -25,9 +25,9 @@ class DepthUnrolledConv3d(nn.Module):
     def __init__(self, conv: nn.Conv3d):
         super().__init__()
         out_ch, in_ch, kd, kh, kw = conv.weight.shape
-        self.depth = (kd, int(conv.stride[0]), int(conv.padding[0]))  # type: ignore[index]
+        self.depth = (kd, int(conv.stride[0]), int(conv.padding[0]))
         self.stride = (int(conv.stride[1]), int(conv.stride[2]))
-        self.padding = (int(conv.padding[1]), int(conv.padding[2]))  # type: ignore[index]
+        self.padding = (int(conv.padding[1]), int(conv.padding[2]))
         # (O, C, kd, kh, kw) -> (O, kd * C, kh, kw): input channel j * C + c is slice j, channel c
         weight = conv.weight.detach().permute(0, 2, 1, 3, 4).reshape(out_ch, kd * in_ch, kh, kw)
         self.weight = nn.Parameter(weight.contiguous(), requires_grad=False)
