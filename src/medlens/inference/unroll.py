@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -59,7 +60,9 @@ def _unrollable(conv: nn.Conv3d) -> bool:
 def _fold_batch_norm(model: nn.Module) -> nn.Module:
     """An eval-mode copy with each Conv -> BatchNorm pair folded (torch.fx); a plain copy when
     the model cannot be traced."""
-    from torch.fx.experimental.optimization import fuse
+    with warnings.catch_warnings():  # it imports torch.utils.mkldnn, which uses deprecated jit
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from torch.fx.experimental.optimization import fuse
 
     try:
         return fuse(model.eval())
