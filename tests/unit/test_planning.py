@@ -67,6 +67,37 @@ def test_a_smaller_budget_never_plans_more_work(chest: Manifest) -> None:
     assert small.epochs <= big.epochs
 
 
+def test_a_network_near_the_epoch_target_is_kept_despite_timing_noise(
+    chest: Manifest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from medlens.planning import planner
+
+    def step_s(candidate: planner.Candidate, **_: object) -> float:  # larger networks cost more
+        return 0.01 * candidate.options["widths"][0] / 8
+
+    monkeypatch.setattr(planner, "measure_step", step_s)
+    labels = infer_labels(chest)
+    largest = list(planner.WIDTHS[0])
+    epoch_s = next(
+        iter(
+            make_plan(chest, labels, budget_s=1, hardware=CPU)
+            .estimates["measured_epoch_s"]
+            .values()
+        )
+    )
+    target = planner.MIN_EPOCHS  # the epoch cap of a 60-image set is far above it
+
+    def plan_affording(epochs: float) -> Plan:
+        budget = epochs * epoch_s / planner.USABLE_BUDGET
+        return make_plan(chest, labels, budget_s=budget * 1.001, hardware=CPU)
+
+    near = plan_affording(0.85 * target)  # 15 % short: within the noise of a shared machine
+    assert near.model_options["widths"] == largest and near.epochs == int(0.85 * target)
+    short = plan_affording(0.7 * target)
+    assert short.model_options["widths"] != largest
+    assert short.epochs >= planner.EPOCH_TOLERANCE * target
+
+
 def test_imbalance_gets_class_weights() -> None:
     from medlens.planning.fingerprint import DatasetFingerprint
     from medlens.planning.planner import loss_for
