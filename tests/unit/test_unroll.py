@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from medlens.inference.onnx import export_onnx
-from medlens.inference.unroll import DepthUnrolledConv3d, unroll_conv3d
+from medlens.inference.unroll import DepthUnrolledConv3d, freeze_shapes, unroll_conv3d
 from medlens.models import create_model
 from tests.unit.test_models import SMALL
 
@@ -43,6 +43,9 @@ def test_every_3d_model_keeps_its_outputs(name: str) -> None:
     x = torch.randn(3, 1, 12, 12, 12)
     with torch.no_grad():
         torch.testing.assert_close(unrolled(x), model(x), atol=1e-4, rtol=1e-4)
+    freeze_shapes(unrolled, x[:1])  # constant reshapes, as exported: any batch size still works
+    with torch.no_grad():
+        torch.testing.assert_close(unrolled(x), model(x), atol=1e-4, rtol=1e-4)
 
 
 def test_2d_models_are_left_alone() -> None:
@@ -60,4 +63,6 @@ def test_the_exported_3d_graph_has_only_2d_convolutions(tmp_path: Path) -> None:
     conv_weights = [node.input[1] for node in graph.node if node.op_type == "Conv"]
     assert conv_weights and all(ranks[w] == 4 for w in conv_weights)
     assert not any(node.op_type == "BatchNormalization" for node in graph.node)  # folded
+    # shapes fixed at export: no per-call shape arithmetic (one Shape: global pooling's flatten)
+    assert sum(node.op_type == "Shape" for node in graph.node) <= 1
     assert report.max_abs_diff < 1e-3

@@ -14,7 +14,7 @@ from torch import nn
 
 from medlens._fs import atomic_path
 from medlens.errors import ArtifactError
-from medlens.inference.unroll import unroll_conv3d
+from medlens.inference.unroll import freeze_shapes, unroll_conv3d
 from medlens.models.forward import combined
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,8 @@ def export_onnx(
         log.info("exporting %d Conv3d layers as depth-unrolled Conv2d", rewritten)
     path = Path(path)
     example = torch.randn(2, *input_shape)
+    if rewritten:
+        freeze_shapes(model, example)  # constant reshapes: only the batch axis stays dynamic
     with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(

@@ -5,6 +5,11 @@ profile), while its 2D Conv has blocked NCHWc kernels. A Conv3d with a ``kd``-de
 Conv2d over the ``kd`` depth slices each output slice reads, stacked as channels: every output
 depth slice becomes one image of a 2D batch. Batch norm is folded into the convolutions first
 (ONNX Runtime fuses Conv + BatchNormalization itself, but not across the rewritten graph).
+
+Keeping activations in an (N, D, C, H, W) layout between layers, so that no transposes surround
+each convolution, was measured and dropped: ONNX Runtime's transpose optimizer already moves
+them, and the time goes to the convolutions (57 %), the depth slicing (25 %) and its own NCHWc
+reorders (14 %) either way (CompactNet 3D, batch 32).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import copy
 import logging
 import warnings
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +27,14 @@ log = logging.getLogger(__name__)
 
 
 class DepthUnrolledConv3d(nn.Module):
-    """The function of ``conv`` (groups 1, dilation 1, zero padding) via one Conv2d."""
+    """The function of ``conv`` (groups 1, dilation 1, zero padding) via one Conv2d.
+
+    :func:`freeze_shapes` fixes its input's (C, D, H, W), so that an exported graph reshapes by
+    constants and only the batch axis is dynamic: a traced ``x.shape`` becomes a chain of Shape,
+    Gather, Unsqueeze and Concat nodes that ONNX Runtime runs on every call (batch 1: ~8 %).
+    """
+
+    shape: tuple[int, ...] | None = None
 
     def __init__(self, conv: nn.Conv3d):
         super().__init__()
@@ -37,15 +50,43 @@ class DepthUnrolledConv3d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         kd, sd, pd = self.depth
-        n, c, d, h, w = x.shape
-        if pd:
-            x = F.pad(x, (0, 0, 0, 0, pd, pd))
+        (sh, sw), (ph, pw) = self.stride, self.padding
+        n, c, d, h, w = (-1, *self.shape) if self.shape is not None else x.shape
+        if pd:  # F.pad on the depth axis exports as Transpose + Pad chains; slice * 0 is 2 nodes
+            zeros = x[:, :, :pd] * 0.0
+            x = torch.cat([zeros, x, zeros], dim=2)
         out_d = (d + 2 * pd - kd) // sd + 1
         span = sd * (out_d - 1) + 1
         stacked = torch.cat([x[:, :, j : j + span : sd] for j in range(kd)], dim=1)
-        flat = stacked.transpose(1, 2).reshape(n * out_d, kd * c, h, w)
+        flat = stacked.transpose(1, 2).reshape(-1 if n == -1 else n * out_d, kd * c, h, w)
         y = F.conv2d(flat, self.weight, self.bias, stride=self.stride, padding=self.padding)
-        return y.reshape(n, out_d, y.shape[1], y.shape[2], y.shape[3]).transpose(1, 2)
+        out_ch, kh, kw = self.weight.shape[0], self.weight.shape[2], self.weight.shape[3]
+        y = y.reshape(n, out_d, out_ch, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1)
+        return y.transpose(1, 2)
+
+
+def freeze_shapes(model: nn.Module, example: Tensor) -> None:
+    """Fix each unrolled layer's input shape from one pass of ``example`` (only the batch may
+    change afterwards); a layer called with two different shapes stays dynamic."""
+    seen: dict[DepthUnrolledConv3d, set[tuple[int, ...]]] = {}
+
+    def record(layer: nn.Module, args: tuple[Any, ...]) -> None:
+        if isinstance(layer, DepthUnrolledConv3d):
+            seen.setdefault(layer, set()).add(tuple(int(s) for s in args[0].shape[1:]))
+
+    hooks = [
+        m.register_forward_pre_hook(record)
+        for m in model.modules()
+        if isinstance(m, DepthUnrolledConv3d)
+    ]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    for layer, shapes in seen.items():
+        layer.shape = next(iter(shapes)) if len(shapes) == 1 else None
 
 
 def _unrollable(conv: nn.Conv3d) -> bool:
