@@ -31,7 +31,8 @@ class DepthUnrolledConv3d(nn.Module):
 
     :func:`freeze_shapes` fixes its input's (C, D, H, W), so that an exported graph reshapes by
     constants and only the batch axis is dynamic: a traced ``x.shape`` becomes a chain of Shape,
-    Gather, Unsqueeze and Concat nodes that ONNX Runtime runs on every call (batch 1: ~8 %).
+    Gather, Unsqueeze and Concat nodes that ONNX Runtime runs on every call (CompactNet 3D: 550
+    nodes after its optimisation instead of 149; batch 1 ~8 % slower).
     """
 
     shape: tuple[int, ...] | None = None
