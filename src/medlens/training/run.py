@@ -222,7 +222,7 @@ def _train_members(
     """The planned model, then more members while the unspent budget affords them."""
     plan = ctx.plan
     stage(f"training {plan.model} for up to {plan.epochs} epochs on {ctx.device}")
-    results = [_fit(ctx, data, ctx.run_dir, plan.budget_s * 1.25)]
+    results = [_fit(ctx, data, ctx.run_dir, plan.budget_s)]
     while True:
         out = ctx.run_dir / f"member{len(results)}"
         saved = out / "plan.json"
@@ -235,7 +235,7 @@ def _train_members(
             f"training ensemble member {len(results) + 1} for up to {member.epochs} epochs "
             f"(early stopping left {left:.0f} s of the budget)"
         )
-        results.append(_fit(ctx, data, out, max(left, 0.0) * 1.1, member))
+        results.append(_fit(ctx, data, out, max(left, 0.0), member))
 
 
 def _train_folds(
@@ -249,9 +249,7 @@ def _train_folds(
         fold_data = prepare_data(
             _fold_manifest(folded, fold), ctx.labels, ctx.plan.pipeline(), ctx.cache_dir
         )
-        results.append(
-            _fit(ctx, fold_data, ctx.run_dir / f"fold{fold}", ctx.plan.budget_s * 1.25 / folds)
-        )
+        results.append(_fit(ctx, fold_data, ctx.run_dir / f"fold{fold}", ctx.plan.budget_s / folds))
         parts.append(_scores(fold_data, "val", [results[-1].model], ctx.device, ctx.tta_flips))
     val = SplitScores(
         "val (out-of-fold)",

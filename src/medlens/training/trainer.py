@@ -11,6 +11,7 @@ import csv
 import io
 import logging
 import math
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -123,6 +124,15 @@ def _write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
     writer.writeheader()
     writer.writerows(history)
     atomic_write_text(run_dir / "history.csv", buf.getvalue())
+
+
+def _out_of_time(elapsed_s: float, history: list[dict[str, Any]], deadline_s: float | None) -> bool:
+    """Whether another epoch would end past the deadline, at the median epoch time so far (a
+    planner's estimate can be low: a 600 s plan ran 656 s when only a spent budget stopped it)."""
+    if deadline_s is None:
+        return False
+    epoch_s = statistics.median(float(row["seconds"]) for row in history) if history else 0.0
+    return elapsed_s + epoch_s > deadline_s
 
 
 class Trainer:
@@ -331,7 +341,8 @@ class Trainer:
                     writer.add_scalar(key, row[key], epoch + 1)
                 writer.flush()
             self.on_event("epoch_end", row)
-            if self.deadline_s is not None and time.monotonic() - started > self.deadline_s:
+            more = epoch + 1 < self.plan.epochs
+            if more and _out_of_time(time.monotonic() - started, history, self.deadline_s):
                 stopped = "deadline"
                 log.warning("stopping after epoch %d: the time budget is spent", epoch + 1)
                 break

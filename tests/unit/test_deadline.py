@@ -1,0 +1,37 @@
+"""A time budget is honoured: training stops before an epoch that would end past its deadline."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from medlens.data import load_manifest
+from medlens.data.labels import infer_labels
+from medlens.data.synthetic import write_chest_folder
+from medlens.planning import HardwareFingerprint, make_plan
+from medlens.training import Trainer, prepare_data
+from medlens.training.run import ensure_splits
+
+CPU = HardwareFingerprint(cpu_cores=1, torch_threads=1, gpu=None, gpu_memory_gb=None)
+
+
+def test_training_stops_before_an_epoch_that_would_overrun(tmp_path: Path) -> None:
+    manifest = ensure_splits(load_manifest(write_chest_folder(tmp_path / "data", 24, size=16)))[0]
+    labels = infer_labels(manifest)
+    plan = make_plan(manifest, labels, budget_s=30, hardware=CPU, model="compactnet")
+    plan = plan.with_overrides(
+        {"epochs": 4, "batch_size": 8, "model_options": {"widths": [4, 8]}, "patience": 10}
+    )
+    data = prepare_data(manifest, labels, plan.pipeline(), tmp_path / "cache")
+
+    def slow_first_epoch(kind: str, info: dict[str, Any]) -> None:
+        if kind == "step" and info["epoch"] == 0 and info["step"] == 1:
+            time.sleep(1.0)  # an epoch of >= 1 s: a second one cannot end inside 1.5 s
+
+    trainer = Trainer(
+        plan, data, tmp_path / "run", on_event=slow_first_epoch, deadline_s=1.5, tensorboard=False
+    )
+    result = trainer.fit()
+    assert result.stopped == "deadline"
+    assert len(result.history) == 1  # waiting for the deadline to pass would have run a second
