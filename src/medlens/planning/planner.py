@@ -2,7 +2,8 @@
 
 Like nnU-Net the plan follows from a fingerprint; unlike it, the planner times a few training
 steps of each candidate (largest first) and keeps the first one that affords enough epochs
-(within a margin for timing noise) in the budget, so the same defaults fit a laptop CPU and a GPU server.
+(within a margin for timing noise) in the budget, so the same defaults fit a laptop CPU and a
+GPU server.
 """
 
 from __future__ import annotations
