@@ -240,6 +240,7 @@ def test_cross_validation_ships_an_ensemble(phantoms: Path, tmp_path: Path) -> N
         tensorboard=False,
     )
     assert result.metrics["training"]["folds"] == 2 and len(result.results) == 2
+    assert result.plan.folds == 2
     assert (tmp_path / "cv/fold0/history.csv").is_file() and (
         tmp_path / "cv/fold1/history.csv"
     ).is_file()

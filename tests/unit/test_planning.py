@@ -98,6 +98,28 @@ def test_a_network_near_the_epoch_target_is_kept_despite_timing_noise(
     assert short.epochs >= planner.EPOCH_TOLERANCE * target
 
 
+def test_a_cross_validation_plan_shares_the_budget_among_its_folds(
+    chest: Manifest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from medlens.planning import planner
+
+    monkeypatch.setattr(
+        planner, "measure_step", lambda candidate, **_: 0.01 * candidate.options["widths"][0] / 8
+    )
+    labels = infer_labels(chest)
+    budget = 40.0
+    single = make_plan(chest, labels, budget_s=budget, hardware=CPU)
+    cv = make_plan(chest, labels, budget_s=budget, hardware=CPU, folds=5)
+    assert (single.folds, cv.folds) == (0, 5)
+    # all five fold models fit the usable budget, each planned for its fifth of it
+    usable = budget * planner.USABLE_BUDGET
+    assert single.estimates["train_s"] <= usable and cv.estimates["train_s"] <= usable
+    assert cv.estimates["train_s"] > usable / 2
+    assert cv.epochs * cv.estimates["epoch_s"] <= usable / 5
+    with pytest.raises(ConfigError, match="folds"):
+        make_plan(chest, labels, budget_s=budget, hardware=CPU, folds=1)
+
+
 def test_imbalance_gets_class_weights() -> None:
     from medlens.planning.fingerprint import DatasetFingerprint
     from medlens.planning.planner import loss_for

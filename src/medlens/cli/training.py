@@ -96,6 +96,11 @@ def show_plan(plan: Plan) -> None:
         console.print(f"[yellow]note:[/] {note}")
 
 
+def check_folds(folds: int | None) -> None:
+    if folds is not None and (folds == 1 or folds < 0):
+        raise ConfigError("--folds must be 0 (no cross-validation) or at least 2")
+
+
 def plan_command(
     data: Annotated[
         str, typer.Argument(help="Dataset: .npz, class folder, manifest CSV, medmnist:NAME.")
@@ -107,6 +112,10 @@ def plan_command(
     model: ModelOpt = None,
     task: TaskOpt = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    folds: Annotated[
+        int,
+        typer.Option("--folds", help="Plan k-fold cross-validation (k models share the budget)."),
+    ] = 0,
     sets: SetOpt = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -116,8 +125,11 @@ def plan_command(
 
     manifest = resolve_data(data)
     labels = infer_labels(manifest, task=task)
+    check_folds(folds)
     manifest, _ = ensure_splits(manifest, seed=seed)
-    plan = make_plan(manifest, labels, budget_s=parse_duration(budget), model=model, seed=seed)
+    plan = make_plan(
+        manifest, labels, budget_s=parse_duration(budget), model=model, seed=seed, folds=folds
+    )
     overrides = collect_overrides(sets, config)
     if overrides:
         plan = plan.with_overrides(overrides)
@@ -189,8 +201,12 @@ def train_command(
     model: ModelOpt = None,
     task: TaskOpt = None,
     folds: Annotated[
-        int, typer.Option("--folds", help="k-fold cross-validation; the k models form an ensemble.")
-    ] = 0,
+        int | None,
+        typer.Option(
+            "--folds",
+            help="k-fold cross-validation; the k models form an ensemble (default: the plan's).",
+        ),
+    ] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue an interrupted run in --out.")
     ] = False,
@@ -222,8 +238,7 @@ def train_command(
     """Train a classifier on DATA, evaluate it on the test split, and save the model artifact."""
     from medlens.training.run import train_run
 
-    if folds == 1 or folds < 0:
-        raise ConfigError("--folds must be 0 (no cross-validation) or at least 2")
+    check_folds(folds)
     manifest = resolve_data(data)
     overrides = collect_overrides(sets, config)
     if init_from is not None:

@@ -48,6 +48,7 @@ class Plan:
     min_epochs: int = 0
     ema_decay: float = 0.0
     max_members: int = 1
+    folds: int = 0
     seed: int = 0
     budget_s: float = 600.0
     mixed_precision: bool = True
@@ -83,6 +84,10 @@ class Plan:
             raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.min_epochs < 0 or self.patience < 1 or self.max_members < 1:
             raise ConfigError("min_epochs must be >= 0, patience and max_members >= 1")
+        if self.folds == 1 or self.folds < 0:
+            raise ConfigError(
+                f"folds must be 0 (no cross-validation) or at least 2, got {self.folds}"
+            )
         if len(self.input_size) != self.spatial_dims:
             raise ConfigError(
                 f"input_size {self.input_size} does not have {self.spatial_dims} axes"

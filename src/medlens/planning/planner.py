@@ -175,8 +175,12 @@ def make_plan(
     seed: int = 0,
     hardware: HardwareFingerprint | None = None,
     max_epochs: int | None = None,
+    folds: int = 0,
 ) -> Plan:
     """Fingerprint the data and the machine, time the candidates, and return a validated Plan.
+
+    ``folds=k`` plans k-fold cross-validation: k models share the budget, each trained on
+    (k-1)/k of the non-test rows and validated on the rest.
 
     Example:
         >>> plan = make_plan(manifest, infer_labels(manifest), budget_s=300)  # doctest: +SKIP
@@ -185,12 +189,18 @@ def make_plan(
     """
     if budget_s <= 0:
         raise ConfigError(f"budget must be positive, got {budget_s} s")
+    if folds == 1 or folds < 0:
+        raise ConfigError(f"folds must be 0 (no cross-validation) or at least 2, got {folds}")
     hw = hardware or hardware_fingerprint()
     fp = fingerprint_dataset(manifest, labels, seed=seed)
     size = input_size(fp, hw)
     in_channels = max(fp.channels)
     n_train = fp.counts.get("train", sum(fp.counts.values()))
     n_val = fp.counts.get("val", 0)
+    if folds:
+        pool_n = n_train + n_val
+        n_train, n_val = math.ceil(pool_n * (folds - 1) / folds), math.ceil(pool_n / folds)
+    model_budget_s = budget_s * USABLE_BUDGET / max(1, folds)
     batch = batch_size_for(n_train, fp.spatial_dims, hw)
     cap = max_epochs or int(min(200, max(30, round(150_000 / max(1, n_train)))))
     pool = [Candidate(model, default_options(model, size))] if model else candidates(fp, size, hw)
@@ -210,7 +220,7 @@ def make_plan(
         # an evaluation pass costs about a third of a training step per image
         epoch_s = step * math.ceil(n_train / batch) + step / 3 * math.ceil(n_val / batch)
         timings[f"{candidate.model}{candidate.options}"] = round(epoch_s, 2)
-        affordable = int(budget_s * USABLE_BUDGET / epoch_s)
+        affordable = int(model_budget_s / epoch_s)
         chosen, epochs = candidate, min(cap, affordable)
         if affordable >= math.floor(EPOCH_TOLERANCE * min(MIN_EPOCHS, cap)):
             break
@@ -239,13 +249,14 @@ def make_plan(
         min_epochs=epochs // 2,
         ema_decay=ema_decay_for(math.ceil(n_train / batch)),
         max_members=MAX_MEMBERS,
+        folds=folds,
         seed=seed,
         budget_s=budget_s,
         fingerprint=fp.to_dict(),
         hardware=hw.to_dict(),
         estimates={
             "epoch_s": round(epoch_s, 2),
-            "train_s": round(epoch_s * epochs, 1),
+            "train_s": round(epoch_s * epochs * max(1, folds), 1),
             "measured_epoch_s": timings,
         },
         notes=notes,

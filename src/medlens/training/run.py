@@ -178,8 +178,10 @@ def _resolve_plan(
     model: str | None,
     overrides: dict[str, Any] | None,
     seed: int,
+    folds: int | None,
 ) -> Plan:
-    """The run's own plan when resuming, else the given one, else a new one; then overrides."""
+    """The run's own plan when resuming, else the given one, else a new one; then overrides;
+    ``folds`` (when given) replaces the plan's."""
     if resume and plan_path.exists():
         plan = Plan.load(plan_path)
     elif plan is None:
@@ -187,9 +189,14 @@ def _resolve_plan(
         if source:  # fine-tuning keeps the pre-trained architecture
             arch = load_artifact(source).meta["architecture"]
             model, overrides = arch["name"], {"model_options": arch["options"], **(overrides or {})}
-        plan = make_plan(manifest, labels, budget_s=budget_s, model=model, seed=seed)
+        plan = make_plan(
+            manifest, labels, budget_s=budget_s, model=model, seed=seed, folds=folds or 0
+        )
     if overrides:
         plan = plan.with_overrides(overrides)
+    if folds is not None and folds != plan.folds:
+        log.warning("the plan was made for %d fold(s); training %d", plan.folds, folds)
+        plan = plan.with_overrides({"folds": folds})
     if plan.labels != labels.to_dict():
         raise ConfigError(
             f"the plan was made for classes {plan.labels['classes']}, the data has {labels.classes}",
@@ -314,7 +321,7 @@ def train_run(
     model: str | None = None,
     overrides: dict[str, Any] | None = None,
     task: str | None = None,
-    folds: int = 0,
+    folds: int | None = None,
     resume: bool = False,
     device: str | None = None,
     seed: int = 0,
@@ -327,8 +334,9 @@ def train_run(
     title: str | None = None,
 ) -> RunResult:
     """Train, evaluate on test, and write ``plan.json``, ``metrics.json``, ``report.html`` and
-    ``model/`` into ``run_dir``. ``folds=k`` trains k fold models and ships their ensemble;
-    without folds, budget that early stopping leaves trains more members (``plan.max_members``).
+    ``model/`` into ``run_dir``. ``folds=k`` trains k fold models and ships their ensemble
+    (None: as the plan says); without folds, budget that early stopping leaves trains more
+    members (``plan.max_members``).
 
     Example:
         >>> result = train_run(load_manifest("pneumoniamnist.npz"), "runs/pneu", cache_dir=".cache", budget_s=300)  # doctest: +SKIP
@@ -353,7 +361,9 @@ def train_run(
         model=model,
         overrides=overrides,
         seed=seed,
+        folds=folds,
     )
+    folds = plan.folds
     ctx = _Context(
         plan,
         labels,
