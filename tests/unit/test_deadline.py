@@ -35,3 +35,25 @@ def test_training_stops_before_an_epoch_that_would_overrun(tmp_path: Path) -> No
     result = trainer.fit()
     assert result.stopped == "deadline"
     assert len(result.history) == 1  # waiting for the deadline to pass would have run a second
+
+
+def test_the_schedule_anneals_inside_a_deadline_the_plan_underestimated(tmp_path: Path) -> None:
+    manifest = ensure_splits(load_manifest(write_chest_folder(tmp_path / "data", 24, size=16)))[0]
+    labels = infer_labels(manifest)
+    plan = make_plan(manifest, labels, budget_s=30, hardware=CPU, model="compactnet")
+    plan = plan.with_overrides(
+        {"epochs": 20, "batch_size": 8, "model_options": {"widths": [4, 8]}, "patience": 50}
+    )
+    data = prepare_data(manifest, labels, plan.pipeline(), tmp_path / "cache")
+
+    def slow_epochs(kind: str, info: dict[str, Any]) -> None:
+        if kind == "step" and info["step"] == 1:
+            time.sleep(0.3)  # 20 epochs of >= 0.3 s cannot fit in 3 s; about 8 can
+
+    trainer = Trainer(
+        plan, data, tmp_path / "run", on_event=slow_epochs, deadline_s=3.0, tensorboard=False
+    )
+    result = trainer.fit()
+    assert len(result.history) < 20 and trainer.epochs < 20
+    # the learning rate decayed to the end of its cosine instead of being cut at ~0.6 of its peak
+    assert result.history[-1]["lr"] < 0.1 * plan.lr
