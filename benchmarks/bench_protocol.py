@@ -1,0 +1,127 @@
+"""Which training protocol a small dataset should get, decided without its test split.
+
+A quarter of the official *training* split (stratified, fixed seed) is held out as a stand-in
+test set and the real test split is dropped, so the choice never sees the test images the
+quality benchmark reports. Each protocol runs ``train_run`` with the default plan and the same
+10-minute budget:
+
+- ``single``: train on train, early stopping and the operating point on the data's own
+  validation split, ensemble members in the budget early stopping leaves (the default);
+- ``cv5``: 5-fold cross-validation over train + val, the 5 fold models averaged, temperature
+  and operating point fitted on the out-of-fold predictions of every non-test image.
+
+    python benchmarks/bench_protocol.py [--datasets adrenalmnist3d] [--protocols single cv5]
+        [--seeds 0 1 2] [--budget 600]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.bench_classification import FILES
+from benchmarks.common import RESULTS, SHARED, write_result
+from medlens.data import load_manifest
+from medlens.data.manifest import Manifest
+from medlens.training.run import train_run
+
+NAME = "training_protocol"
+PROTOCOLS = {"single": 0, "cv5": 5}
+HELD_OUT = 0.25
+CARVE_SEED = 1234
+KEYS = ("auc", "accuracy", "sensitivity", "specificity", "f1", "pr_auc", "ece")
+
+
+def carve(manifest: Manifest) -> Manifest:
+    """Drop the test split; a stratified quarter of train becomes the stand-in test split."""
+    rng = np.random.default_rng(CARVE_SEED)
+    rows = [dict(r) for r in manifest.rows if r["split"] != "test"]
+    for label in sorted({r["label"] for r in rows}):
+        train = [r for r in rows if r["split"] == "train" and r["label"] == label]
+        for i in rng.permutation(len(train))[: round(HELD_OUT * len(train))]:
+            train[i]["split"] = "test"
+    return Manifest(rows, manifest.root)
+
+
+def run_one(dataset: str, protocol: str, seed: int, budget: float, work: Path) -> dict[str, Any]:
+    manifest = carve(load_manifest(SHARED / FILES[dataset]))
+    started = time.monotonic()
+    result = train_run(
+        manifest,
+        work / f"{dataset}-{protocol}-{seed}",
+        cache_dir=work / "cache",
+        budget_s=budget,
+        seed=seed,
+        folds=PROTOCOLS[protocol],
+        tensorboard=False,
+    )
+    m = result.metrics
+    return {
+        "protocol": protocol,
+        "seed": seed,
+        "held_out": {k: m["test"][k] for k in KEYS if k in m["test"]},
+        "n_held_out": m["test"]["n"],
+        "plan": {
+            "options": result.plan.model_options,
+            "epochs": result.plan.epochs,
+            "folds": result.plan.folds,
+        },
+        "training": m["training"],
+        "wall_s": round(time.monotonic() - started, 1),
+        "budget_s": budget,
+    }
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for protocol in sorted({r["protocol"] for r in runs}):
+        mine = [r for r in runs if r["protocol"] == protocol]
+        out[protocol] = {"seeds": sorted(r["seed"] for r in mine)}
+        for key in KEYS:
+            values = [r["held_out"][key] for r in mine if key in r["held_out"]]
+            out[protocol][key] = {
+                "mean": round(statistics.mean(values), 4),
+                "sd": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0,
+            }
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--datasets", nargs="+", default=["adrenalmnist3d"])
+    parser.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=PROTOCOLS)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--budget", type=float, default=600.0)
+    args = parser.parse_args(argv)
+    path = RESULTS / f"{NAME}.json"
+    datasets: dict[str, Any] = json.loads(path.read_text())["datasets"] if path.exists() else {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for dataset in args.datasets:
+            entry = datasets.setdefault(dataset, {"runs": []})
+            for seed in args.seeds:  # protocols interleaved: machine drift hits both alike
+                for protocol in args.protocols:
+                    done = {(r["protocol"], r["seed"], r["budget_s"]) for r in entry["runs"]}
+                    if (protocol, seed, args.budget) in done:
+                        continue
+                    entry["runs"].append(run_one(dataset, protocol, seed, args.budget, Path(tmp)))
+                    entry["summary"] = summarise(entry["runs"])
+                    write_result(
+                        NAME,
+                        {
+                            "description": "default plan, 10-minute budget, one protocol per "
+                            f"run; test split dropped, a stratified {HELD_OUT:.0%} of the official "
+                            f"train split (seed {CARVE_SEED}) held out and scored (held_out)",
+                            "datasets": datasets,
+                        },
+                    )
+
+
+if __name__ == "__main__":
+    main()
