@@ -120,6 +120,32 @@ def test_a_cross_validation_plan_shares_the_budget_among_its_folds(
         make_plan(chest, labels, budget_s=budget, hardware=CPU, folds=1)
 
 
+def test_step_timing_includes_the_batch_augmentation(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from medlens.planning import planner
+    from medlens.transforms.augment import BatchAugment
+
+    original = BatchAugment.__call__
+
+    def slow(self: BatchAugment, *args: object, **kwargs: object) -> object:
+        time.sleep(0.05)  # a lower bound on the step, whatever the machine's speed
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(BatchAugment, "__call__", slow)
+    step = planner.measure_step(
+        planner.Candidate("compactnet", {"widths": [4, 8], "stem_stride": 1}),
+        spatial_dims=2,
+        in_channels=1,
+        num_outputs=2,
+        size=[16, 16],
+        batch_size=4,
+        device="cpu",
+        augmentation=planner.augmentation_for(2),
+    )
+    assert step >= 0.05
+
+
 def test_imbalance_gets_class_weights() -> None:
     from medlens.planning.fingerprint import DatasetFingerprint
     from medlens.planning.planner import loss_for
