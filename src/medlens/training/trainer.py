@@ -135,8 +135,8 @@ def epochs_that_fit(
 ) -> int:
     """The planned epochs, or fewer when the epochs measured so far say they would end past the
     deadline: the schedule then anneals before the budget runs out instead of being cut
-    mid-decay (the planner times bare steps; augmentation, weight averaging and validation made
-    AdrenalMNIST3D epochs about 25 % slower than planned)."""
+    mid-decay (a planner's estimate can be low: a shared machine's speed moves, and it does not
+    time validation or weight averaging; AdrenalMNIST3D epochs once ran 25 % over it)."""
     epoch_s = statistics.median(float(row["seconds"]) for row in history)
     left = int((deadline_s - elapsed_s) / max(epoch_s, 1e-9))
     return max(len(history) + 1, min(planned, len(history) + left))
@@ -194,7 +194,6 @@ class Trainer:
         ).to(self.device)
         self.optimizer = _optimizer(plan, self.model)
         self.steps_per_epoch = self._steps_per_epoch()
-        self.epochs = plan.epochs  # fewer when the deadline affords fewer (_fit_to_deadline)
         self._set_schedule(plan.epochs)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: self._multiplier(step)
@@ -210,6 +209,7 @@ class Trainer:
         return self.average.model if self.average is not None else self.model
 
     def _set_schedule(self, epochs: int) -> None:
+        """The learning-rate schedule over ``epochs`` (the plan's, or fewer: _fit_to_deadline)."""
         self.epochs = epochs
         self._multiplier = lr_multiplier(
             self.plan.schedule,
