@@ -74,3 +74,14 @@ def test_demo_offline_uses_phantoms(tmp_path: Path, run_cli: Callable, monkeypat
     assert "AUC" in result.out, result.out  # the headline table
     assert (tmp_path / "demo/run/report.html").is_file()
     assert (tmp_path / "demo/run/model/weights.safetensors").is_file()
+
+
+def test_plan_for_cross_validation(tmp_path: Path, run_cli: Callable) -> None:
+    folder = write_chest_folder(tmp_path / "chest", 30, size=16)
+    out = tmp_path / "plan.json"
+    result = run_cli("plan", str(folder), "--out", str(out), "--budget", "20s", "--folds", "3")
+    assert result.code == 0, result.err
+    assert json.loads(out.read_text())["folds"] == 3 and "3 fold models" in result.out
+    refused = run_cli("plan", str(folder), "--out", str(tmp_path / "p1.json"), "--folds", "1")
+    assert refused.code == 2 and "--folds" in refused.err
+    assert not (tmp_path / "p1.json").exists()

@@ -81,12 +81,7 @@ def show_plan(plan: Plan) -> None:
             "loss",
             f"{plan.loss}, class weights {plan.class_weights}, smoothing {plan.label_smoothing}",
         ),
-        (
-            "ensemble",
-            f"up to {plan.max_members - 1} more member(s) in the budget early stopping leaves"
-            if plan.max_members > 1
-            else "one model",
-        ),
+        ("ensemble", _ensemble_text(plan)),
         ("estimate", f"{plan.estimates.get('train_s')} s for a {plan.budget_s:.0f} s budget"),
     ]
     for key, value in rows:
@@ -94,6 +89,14 @@ def show_plan(plan: Plan) -> None:
     console.print(table)
     for note in plan.notes:
         console.print(f"[yellow]note:[/] {note}")
+
+
+def _ensemble_text(plan: Plan) -> str:
+    if plan.folds:
+        return f"{plan.folds} fold models (cross-validation; out-of-fold operating point)"
+    if plan.max_members > 1:
+        return f"up to {plan.max_members - 1} more member(s) in the budget early stopping leaves"
+    return "one model"
 
 
 def check_folds(folds: int | None) -> None:
