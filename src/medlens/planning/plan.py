@@ -43,6 +43,8 @@ class Plan:
     class_weights: list[float] | None = None
     focal_gamma: float = 2.0
     label_smoothing: float = 0.0
+    #: mixup's Beta(alpha, alpha) parameter; 0 turns mixup off
+    mixup: float = 0.0
     augmentation: dict[str, Any] = field(default_factory=dict)
     patience: int = 15
     min_epochs: int = 0
@@ -82,6 +84,8 @@ class Plan:
             raise ConfigError("batch_size, epochs and lr must be positive")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if not 0.0 <= self.mixup <= 10.0:
+            raise ConfigError(f"mixup must be in [0, 10] (Beta's alpha; 0 = off), got {self.mixup}")
         if self.min_epochs < 0 or self.patience < 1 or self.max_members < 1:
             raise ConfigError("min_epochs must be >= 0, patience and max_members >= 1")
         if self.folds == 1 or self.folds < 0:

@@ -282,6 +282,7 @@ class Trainer:
         self.model.train()
         total, count, step = 0.0, 0, 0
         multilabel = self.data.labels.multilabel
+        mixing = np.random.default_rng(seed) if self.plan.mixup > 0 else None
         for idx, images in self.data.cached.batches(
             self.train_idx, self.plan.batch_size, generator=generator
         ):
@@ -289,10 +290,17 @@ class Trainer:
                 continue
             x = self.augment(images, generator=generator).images.to(self.device)
             target = torch.from_numpy(self.data.targets[idx]).to(self.device)
+            target = target.float() if multilabel else target
+            pairing = self._mixup_pairing(mixing, len(idx))
+            if pairing is not None:
+                lam, partner = pairing
+                x = lam * x + (1 - lam) * x[partner]
             try:
                 with torch.autocast("cuda", enabled=self.amp):
-                    logits = self.model(x)
-                loss = self.loss_fn(logits.float(), target.float() if multilabel else target)
+                    logits = self.model(x).float()
+                loss = self.loss_fn(logits, target)
+                if pairing is not None:  # each image's loss, weighted as its pixels were
+                    loss = lam * loss + (1 - lam) * self.loss_fn(logits, target[partner])
                 if not torch.isfinite(loss):
                     raise ConfigError(
                         f"the loss became {loss.item()} in epoch {epoch + 1}",
@@ -312,6 +320,17 @@ class Trainer:
             step += 1
             self.on_event("step", {"epoch": epoch, "step": step, "loss": total / count})
         return total / max(1, count)
+
+    def _mixup_pairing(
+        self, rng: np.random.Generator | None, n: int
+    ) -> tuple[float, torch.Tensor] | None:
+        """Mixup (Zhang et al. 2018): a weight >= 0.5 from Beta(alpha, alpha), so each mixed
+        image stays mostly itself, and the partner of each image in the batch."""
+        if rng is None:
+            return None
+        lam = float(rng.beta(self.plan.mixup, self.plan.mixup))
+        partner = torch.from_numpy(rng.permutation(n)).to(self.device)
+        return max(lam, 1.0 - lam), partner
 
     def _validate(self) -> tuple[float, float]:
         images = self.data.images(self.val_idx)
