@@ -8,7 +8,11 @@ quality benchmark reports. Each protocol runs ``train_run`` with the default pla
 - ``single``: train on train, early stopping and the operating point on the data's own
   validation split, ensemble members in the budget early stopping leaves (the default);
 - ``cv5``: 5-fold cross-validation over train + val, the 5 fold models averaged, temperature
-  and operating point fitted on the out-of-fold predictions of every non-test image.
+  and operating point fitted on the out-of-fold predictions of every non-test image;
+- ``no_mixup``: ``single`` with mixup off (the plan turns it on below 2000 training images).
+
+Each run records the commit it ran (a run is repeated when the code changed) and its
+validation and held-out logits, so operating-point rules can be compared without retraining.
 
     python benchmarks/bench_protocol.py [--datasets adrenalmnist3d] [--protocols single cv5]
         [--seeds 0 1 2] [--budget 600]
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -33,7 +38,12 @@ from medlens.data.manifest import Manifest
 from medlens.training.run import train_run
 
 NAME = "training_protocol"
-PROTOCOLS = {"single": 0, "cv5": 5}
+#: protocol -> (folds, plan overrides)
+PROTOCOLS: dict[str, tuple[int, dict[str, Any]]] = {
+    "single": (0, {}),
+    "cv5": (5, {}),
+    "no_mixup": (0, {"mixup": 0.0}),
+}
 HELD_OUT = 0.25
 CARVE_SEED = 1234
 KEYS = ("auc", "accuracy", "sensitivity", "specificity", "f1", "pr_auc", "ece")
@@ -53,40 +63,73 @@ def carve(manifest: Manifest) -> Manifest:
 def run_one(dataset: str, protocol: str, seed: int, budget: float, work: Path) -> dict[str, Any]:
     manifest = carve(load_manifest(SHARED / FILES[dataset]))
     started = time.monotonic()
+    folds, overrides = PROTOCOLS[protocol]
     result = train_run(
         manifest,
         work / f"{dataset}-{protocol}-{seed}",
         cache_dir=work / "cache",
         budget_s=budget,
         seed=seed,
-        folds=PROTOCOLS[protocol],
+        folds=folds,
+        overrides=overrides,
         tensorboard=False,
     )
     m = result.metrics
+    assert result.val is not None and result.test is not None
     return {
         "protocol": protocol,
         "seed": seed,
+        "commit": commit(),
         "held_out": {k: m["test"][k] for k in KEYS if k in m["test"]},
         "n_held_out": m["test"]["n"],
         "plan": {
             "options": result.plan.model_options,
             "epochs": result.plan.epochs,
             "folds": result.plan.folds,
+            "mixup": result.plan.mixup,
         },
         "training": m["training"],
         "wall_s": round(time.monotonic() - started, 1),
         "budget_s": budget,
+        "temperature": m["temperature"],
+        "threshold": m["threshold"],
+        "scores": {
+            "val": _scores(result.val.targets, result.val.logits),
+            "held_out": _scores(result.test.targets, result.test.logits),
+        },
     }
+
+
+def _scores(targets: np.ndarray, logits: np.ndarray) -> dict[str, list[Any]]:
+    return {"targets": targets.tolist(), "logits": np.round(logits, 5).tolist()}
+
+
+def commit() -> str:
+    """The short hash of the checked-out commit, '+' when the tree has uncommitted changes."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], capture_output=True, text=True, check=False, cwd=Path(__file__).parent
+        ).stdout.strip()
+
+    return git("rev-parse", "--short", "HEAD") + (
+        "+" if git("status", "--porcelain", "src") else ""
+    )
+
+
+def _group(run: dict[str, Any]) -> str:
+    """Runs of one protocol and one commit are summarised together."""
+    return f"{run['protocol']}@{run.get('commit') or 'untagged'}"
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for protocol in sorted({r["protocol"] for r in runs}):
-        mine = [r for r in runs if r["protocol"] == protocol]
-        out[protocol] = {"seeds": sorted(r["seed"] for r in mine)}
+    for group in sorted({_group(r) for r in runs}):
+        mine = [r for r in runs if _group(r) == group]
+        out[group] = {"seeds": sorted(r["seed"] for r in mine)}
         for key in KEYS:
             values = [r["held_out"][key] for r in mine if key in r["held_out"]]
-            out[protocol][key] = {
+            out[group][key] = {
                 "mean": round(statistics.mean(values), 4),
                 "sd": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0,
             }
@@ -107,8 +150,11 @@ def main(argv: list[str] | None = None) -> None:
             entry = datasets.setdefault(dataset, {"runs": []})
             for seed in args.seeds:  # protocols interleaved: machine drift hits both alike
                 for protocol in args.protocols:
-                    done = {(r["protocol"], r["seed"], r["budget_s"]) for r in entry["runs"]}
-                    if (protocol, seed, args.budget) in done:
+                    done = {
+                        (r["protocol"], r["seed"], r["budget_s"], r.get("commit"))
+                        for r in entry["runs"]
+                    }
+                    if (protocol, seed, args.budget, commit()) in done:
                         continue
                     entry["runs"].append(run_one(dataset, protocol, seed, args.budget, Path(tmp)))
                     entry["summary"] = summarise(entry["runs"])

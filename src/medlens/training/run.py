@@ -42,6 +42,9 @@ class RunResult:
     plan: Plan
     metrics: dict[str, Any]
     results: list[TrainResult]
+    #: the scores the operating point was fitted on (out-of-fold with folds) and the test scores
+    val: SplitScores | None = None
+    test: SplitScores | None = None
 
 
 def ensure_splits(manifest: Manifest, *, seed: int = 0) -> tuple[Manifest, str]:
@@ -402,4 +405,4 @@ def train_run(
     }
     title = title or f"medlens: {plan.model} on {manifest.root.name or 'data'}"
     model_dir = _save_outputs(ctx, data, results, test, metrics, title=title, how=how)
-    return RunResult(run_dir, model_dir, plan, metrics, results)
+    return RunResult(run_dir, model_dir, plan, metrics, results, val, test)
