@@ -49,9 +49,14 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     plan = make_plan(
         manifest, infer_labels(manifest), budget_s=30, hardware=CPU, model="compactnet"
     ).with_overrides(
-        {"epochs": 3, "batch_size": 8, "model_options": {"widths": [4, 8, 8, 16]}, "patience": 10}
+        {
+            "epochs": 3,
+            "batch_size": 8,
+            "model_options": {"widths": [4, 8, 8, 16]},
+            "patience": 10,
+            "mixup": 0.4,  # the resumed epochs replay mixup's draws too
+        }
     )
-    assert plan.mixup > 0  # 40 images: the resumed epochs replay mixup's draws too
     plan_path = plan.save(root / "plan.json")
     return manifest_path, plan_path, root / "cache"
 

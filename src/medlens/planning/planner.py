@@ -43,8 +43,6 @@ EPOCH_TOLERANCE = 0.8
 USABLE_BUDGET = 0.8  # the rest covers caching, evaluation and the report
 #: ensemble members trained in the budget a run leaves when early stopping ends it (training/run.py)
 MAX_MEMBERS = 3
-MIXUP_BELOW = 2000  # training images
-MIXUP_ALPHA = 0.4
 WIDTHS = ((32, 64, 128, 256), (24, 48, 96, 192), (16, 32, 64, 128), (8, 16, 32, 64))
 
 
@@ -138,13 +136,6 @@ def augmentation_for(spatial_dims: int) -> dict[str, Any]:
         "gamma": 0.3 if spatial_dims == 2 else 0.0,
         "prob": 0.8,
     }
-
-
-def mixup_for(n_train: int) -> float:
-    """Mixup's alpha: on for small training sets, where a few hundred images of the rarer class
-    are memorised within a dozen epochs (AdrenalMNIST3D: best validation AUC at epoch 11-13 of
-    38); off for larger ones, which the augmentation alone keeps from overfitting."""
-    return MIXUP_ALPHA if n_train < MIXUP_BELOW else 0.0
 
 
 def ema_decay_for(steps_per_epoch: int) -> float:
@@ -261,7 +252,6 @@ def make_plan(
         loss=loss,
         class_weights=weights,
         label_smoothing=0.0 if labels.multilabel else 0.05,
-        mixup=mixup_for(n_train),
         augmentation=augmentation_for(fp.spatial_dims),
         patience=max(10, epochs // 3),
         min_epochs=epochs // 2,
