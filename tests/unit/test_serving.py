@@ -304,35 +304,6 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_result(
         assert a == pytest.approx(b, abs=1e-5)
 
 
-def test_an_idle_model_answers_on_the_callers_thread_and_a_busy_one_batches() -> None:
-    release, ran_on = threading.Event(), []
-
-    def fn(batch: np.ndarray) -> np.ndarray:
-        ran_on.append(threading.current_thread().name)
-        release.wait(10)
-        return batch.sum(axis=(1, 2))[:, None].repeat(2, axis=1)
-
-    batcher = DynamicBatcher(fn, max_batch=8, window_s=0, name="the-batcher")
-    release.set()
-    row = batcher.run_if_idle(np.ones((2, 3), np.float32))
-    assert row is not None and row.tolist() == [6.0, 6.0]
-    assert ran_on == [threading.current_thread().name]  # no hop to the batcher thread
-    release.clear()
-    busy = batcher.submit(np.ones((2, 3), np.float32))
-    while not ran_on[1:]:
-        threading.Event().wait(0.005)
-    assert batcher.run_if_idle(np.ones((2, 3), np.float32)) is None  # a batch is running
-    queued = batcher.submit(np.zeros((2, 3), np.float32))
-    release.set()
-    busy.result(5)
-    assert ran_on[1] == "the-batcher"
-    while not queued.done():
-        assert batcher.run_if_idle(np.ones((2, 3), np.float32)) is None  # never jumps it
-        threading.Event().wait(0.001)
-    assert queued.result().tolist() == [0.0, 0.0]
-    batcher.close()
-
-
 def test_full_queue_answers_503_with_retry_after(models: tuple[Path, Path], tmp_path: Path) -> None:
     release = threading.Event()
 
@@ -359,8 +330,7 @@ def test_full_queue_answers_503_with_retry_after(models: tuple[Path, Path], tmp_
         def full(_grid: object) -> object:
             raise QueueFullError
 
-        service.run_if_idle = lambda _grid: None  # the model is busy ...
-        service.submit = full  # ... and its queue full
+        service.submit = full
         response = post(client, png_bytes())
         assert response.status_code == 503  # type: ignore[attr-defined]
         assert response.headers["retry-after"] == "1"  # type: ignore[attr-defined]

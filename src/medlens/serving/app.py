@@ -17,15 +17,12 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
-from numpy.typing import NDArray
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -48,18 +45,6 @@ from medlens.serving.uploads import UploadError, read_reference, read_upload
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 RETRY_AFTER_S = 1
-
-
-@dataclass
-class Decoded:
-    """One request's input after the decoding thread: the image, the model's grid, the digest
-    of a referenced file, and the logits when the model was idle and ran it there."""
-
-    image: MedicalImage
-    grid: MedicalImage
-    digest: str | None
-    logits: NDArray[np.float32] | None = None
-    inference_ms: float = 0.0
 
 
 class BodyLimit:
@@ -179,26 +164,24 @@ def create_app(settings: ServeSettings, services: list[ModelService] | None = No
             415, 'send multipart/form-data with a "file" field, or JSON {"path": ...}'
         )
 
-    def decode(service: ModelService, received: tuple[bytes, str] | str) -> Decoded:
+    def decode(
+        service: ModelService, received: tuple[bytes, str] | str
+    ) -> tuple[MedicalImage, MedicalImage, str | None]:
         """Read and preprocess in one worker-thread hop: the image, the model's grid and the
-        digest of a referenced file; and the logits too when the model is idle."""
+        digest of a referenced file."""
         if isinstance(received, str):
             image, digest = read_reference(received, allowed, settings.limits)
-        else:
-            with tempfile.TemporaryDirectory(prefix="medlens-upload-") as tmp:
-                image, digest = read_upload(*received, Path(tmp), settings.limits), None
-        decoded = Decoded(image, service.artifact.prepared(image), digest)
-        began = time.perf_counter()
-        decoded.logits = service.run_if_idle(decoded.grid)
-        decoded.inference_ms = 1000 * (time.perf_counter() - began)
-        return decoded
+            return image, service.artifact.prepared(image), digest
+        with tempfile.TemporaryDirectory(prefix="medlens-upload-") as tmp:
+            image = read_upload(*received, Path(tmp), settings.limits)
+        return image, service.artifact.prepared(image), None
 
     async def handle(
         route: str,
         name: str,
         request: Request,
         token: str,
-        work_fn: Callable[[ModelService, Decoded], Awaitable[dict[str, Any]]],
+        work_fn: Callable[[ModelService, MedicalImage, MedicalImage], Awaitable[dict[str, Any]]],
     ) -> Response:
         started = time.perf_counter()
         status, digest, outcome = 200, None, "ok"
@@ -207,10 +190,10 @@ def create_app(settings: ServeSettings, services: list[ModelService] | None = No
             received = await receive(request)
             if not isinstance(received, str):
                 digest = hashlib.sha256(received[0]).hexdigest()
-            decoded = await run_in_threadpool(decode, service, received)
-            digest = digest or decoded.digest
-            read_ms = 1000 * (time.perf_counter() - started) - decoded.inference_ms
-            body = await work_fn(service, decoded)
+            image, grid, found = await run_in_threadpool(decode, service, received)
+            digest = digest or found
+            read_ms = 1000 * (time.perf_counter() - started)
+            body = await work_fn(service, image, grid)
             outcome = str(body.get("prediction", "ok"))
             body["input_sha256"] = digest
             body["timing_ms"] = {
@@ -251,14 +234,13 @@ def create_app(settings: ServeSettings, services: list[ModelService] | None = No
                 latency_ms=round(1000 * seconds, 2),
             )
 
-    async def predict_work(service: ModelService, decoded: Decoded) -> dict[str, Any]:
-        logits, inference_ms = decoded.logits, decoded.inference_ms
-        if logits is None:  # the model was busy: join the next batch
-            began = time.perf_counter()
-            logits = await asyncio.wrap_future(service.submit(decoded.grid))
-            inference_ms = 1000 * (time.perf_counter() - began)
+    async def predict_work(
+        service: ModelService, _image: MedicalImage, grid: MedicalImage
+    ) -> dict[str, Any]:
+        began = time.perf_counter()
+        logits = await asyncio.wrap_future(service.submit(grid))
         body = service.result(logits)
-        body["inference_ms"] = round(inference_ms, 2)
+        body["inference_ms"] = round(1000 * (time.perf_counter() - began), 2)
         return body
 
     @app.get("/health", include_in_schema=False)
@@ -291,13 +273,11 @@ def create_app(settings: ServeSettings, services: list[ModelService] | None = No
         if chosen not in METHODS:
             raise HTTPException(400, f"unknown method {chosen!r}; use one of {list(METHODS)}")
 
-        async def work(service: ModelService, decoded: Decoded) -> dict[str, Any]:
-            body = await predict_work(service, decoded)
-            body.update(
-                await run_in_threadpool(
-                    service.explain, decoded.image, decoded.grid, chosen, class_name
-                )
-            )
+        async def work(
+            service: ModelService, image: MedicalImage, grid: MedicalImage
+        ) -> dict[str, Any]:
+            body = await predict_work(service, image, grid)
+            body.update(await run_in_threadpool(service.explain, image, grid, chosen, class_name))
             return body
 
         return await handle("explain", name, request, token, work)

@@ -81,10 +81,6 @@ class ModelService:
         """Queue one preprocessed image; raises QueueFullError when the queue is at its limit."""
         return self.batcher.submit(grid.array.astype(np.float32, copy=False))
 
-    def run_if_idle(self, grid: MedicalImage) -> NDArray[np.float32] | None:
-        """The logits of one preprocessed image computed now when the model is idle, else None."""
-        return self.batcher.run_if_idle(grid.array.astype(np.float32, copy=False))
-
     def result(self, logits: NDArray[np.float32]) -> dict[str, Any]:
         """Probabilities (raw and temperature-calibrated) and the decision at the stored point."""
         multilabel = self.artifact.labels.multilabel
