@@ -14,6 +14,7 @@ from benchmarks import (
     bench_explain,
     bench_explain_phantoms,
     bench_inference_latency,
+    bench_operating_point,
     bench_series_loading,
     bench_serving,
     bench_training_throughput,
@@ -28,6 +29,7 @@ if __name__ == "__main__":
         bench_inference_latency,
         bench_explain_phantoms,
         bench_serving,
+        bench_operating_point,  # re-scores the logits bench_protocol.py saved (run by hand)
     )
     # the training benchmarks last: classification quality is 3 seeds x 2 datasets x 10 minutes
     for module in (
