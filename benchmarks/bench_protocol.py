@@ -11,7 +11,9 @@ quality benchmark reports. Each protocol runs ``train_run`` with the default pla
   and operating point fitted on the out-of-fold predictions of every non-test image;
 - ``mixup``: ``single`` with mixup (alpha 0.4). At commit bba3293 the plan itself turned mixup
   on below 2000 training images, so its ``single`` runs mixed and ``no_mixup`` was the
-  baseline; mixup lost on both seeds run and the plan leaves it off since.
+  baseline; mixup lost on both seeds run and the plan leaves it off since;
+- ``stem1``: ``single`` with a full-resolution stem on narrow widths (8-64, stem stride 1: about
+  the compute of widths 24-192 at stride 2, which 3D inputs get now).
 
 Each run records the commit it ran (a run is repeated when the code changed) and its
 validation and held-out logits, so operating-point rules can be compared without retraining.
@@ -45,6 +47,7 @@ PROTOCOLS: dict[str, tuple[int, dict[str, Any]]] = {
     "single": (0, {}),
     "cv5": (5, {}),
     "mixup": (0, {"mixup": 0.4}),
+    "stem1": (0, {"model_options": {"widths": [8, 16, 32, 64], "stem_stride": 1}}),
 }
 HELD_OUT = 0.25
 CARVE_SEED = 1234
