@@ -43,9 +43,9 @@ class Plan:
     class_weights: list[float] | None = None
     focal_gamma: float = 2.0
     label_smoothing: float = 0.0
-    #: mixup's Beta(alpha, alpha) parameter; 0 (the planner's choice) is off. Measured on held-out
-    #: AdrenalMNIST3D training volumes, alpha 0.4 improved calibration but not AUC or accuracy
-    #: (benchmarks/bench_protocol.py, mixup vs single)
+    #: mixup's Beta(alpha, alpha) parameter; 0 (the planner's choice) is off. On held-out
+    #: AdrenalMNIST3D training volumes alpha 0.4 improved calibration but lowered AUC and accuracy
+    #: (benchmarks/bench_protocol.py runs at commit bba3293; README, classification quality)
     mixup: float = 0.0
     augmentation: dict[str, Any] = field(default_factory=dict)
     patience: int = 15
