@@ -12,9 +12,20 @@ from medlens.data.labels import LabelSpec, check_split_classes, infer_labels
 from medlens.data.synthetic import write_chest_folder
 from medlens.errors import ConfigError, DataError
 from medlens.planning import HardwareFingerprint, Plan, make_plan, parse_overrides, read_config
+from medlens.planning.fingerprint import DatasetFingerprint
 from medlens.training.run import ensure_splits
 
 CPU = HardwareFingerprint(cpu_cores=2, torch_threads=2, gpu=None, gpu_memory_gb=None)
+
+
+def fingerprint(
+    counts: dict[str, int], shapes: tuple[list[int], list[int]] = ([8, 8], [8, 8])
+) -> DatasetFingerprint:
+    """A fingerprint with the given class counts and smallest / largest image shapes."""
+    low, high = shapes
+    return DatasetFingerprint(
+        {}, len(low), low, low, high, [1], [1.0] * len(low), {}, "OT", "binary", counts, 1
+    )
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +152,7 @@ def test_step_timing_includes_the_batch_augmentation(monkeypatch: pytest.MonkeyP
         size=[16, 16],
         batch_size=4,
         device="cpu",
-        augmentation=planner.augmentation_for(2),
+        augmentation=planner.augmentation_for(fingerprint({"a": 1})),
     )
     assert step >= 0.05
 
@@ -154,19 +165,23 @@ def test_mixup_is_an_option_the_plan_leaves_off(plan: Plan) -> None:
 
 
 def test_imbalance_gets_class_weights() -> None:
-    from medlens.planning.fingerprint import DatasetFingerprint
     from medlens.planning.planner import loss_for
 
-    def fp(counts: dict[str, int]) -> DatasetFingerprint:
-        return DatasetFingerprint(
-            {}, 2, [8, 8], [8, 8], [8, 8], [1], [1, 1], {}, "OT", "binary", counts, 1
-        )
-
     labels = LabelSpec("binary", ["a", "b"], ["a", "b"])
-    assert loss_for(fp({"a": 50, "b": 50}), labels) == ("ce", None)
-    name, weights = loss_for(fp({"a": 90, "b": 10}), labels)
+    assert loss_for(fingerprint({"a": 50, "b": 50}), labels) == ("ce", None)
+    name, weights = loss_for(fingerprint({"a": 90, "b": 10}), labels)
     assert name == "ce" and weights is not None and weights[1] > weights[0]
-    assert loss_for(fp({"a": 990, "b": 10}), labels)[0] == "focal"
+    assert loss_for(fingerprint({"a": 990, "b": 10}), labels)[0] == "focal"
+
+
+def test_volumes_on_one_grid_keep_their_size() -> None:
+    """A zoom would blur a size that is a measurement; images at varying scales keep it."""
+    from medlens.planning.planner import augmentation_for
+
+    counts = {"a": 5, "b": 5}
+    assert augmentation_for(fingerprint(counts, ([28] * 3, [28] * 3)))["scale"] == 0
+    assert augmentation_for(fingerprint(counts, ([20, 28, 28], [40, 64, 64])))["scale"] > 0
+    assert augmentation_for(fingerprint(counts, ([28, 28], [28, 28])))["scale"] > 0
 
 
 def test_label_problems_are_reported(tmp_path: Path) -> None:
