@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import RESULTS, SHARED, write_result
+from benchmarks.common import RESULTS, SHARED, commit, write_result
 from medlens.data import load_manifest
 from medlens.data.medmnist import published_results
 from medlens.training.run import train_run
@@ -63,6 +63,7 @@ def run_one(dataset: str, seed: int, budget: float, work: Path) -> dict[str, Any
     other = points["max_validation_accuracy"]
     return {
         "seed": seed,
+        "commit": commit(),
         "test": {k: m["test"][k] for k in KEYS if k in m["test"]}
         | {
             "accuracy_at_max_val_accuracy": other["accuracy"],

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -41,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.bench_classification import FILES
-from benchmarks.common import RESULTS, SHARED, write_result
+from benchmarks.common import RESULTS, SHARED, commit, write_result
 from medlens.data import load_manifest
 from medlens.data.manifest import Manifest
 from medlens.training.run import train_run
@@ -114,19 +113,6 @@ def run_one(dataset: str, protocol: str, seed: int, budget: float, work: Path) -
 
 def _scores(targets: np.ndarray, logits: np.ndarray) -> dict[str, list[Any]]:
     return {"targets": targets.tolist(), "logits": np.round(logits, 5).tolist()}
-
-
-def commit() -> str:
-    """The short hash of the checked-out commit, '+' when the tree has uncommitted changes."""
-
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], capture_output=True, text=True, check=False, cwd=Path(__file__).parent
-        ).stdout.strip()
-
-    return git("rev-parse", "--short", "HEAD") + (
-        "+" if git("status", "--porcelain", "src") else ""
-    )
 
 
 def _group(run: dict[str, Any]) -> str:

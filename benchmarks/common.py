@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -63,3 +64,16 @@ def write_result(name: str, payload: dict[str, Any]) -> Path:
     tmp.replace(path)
     print(json.dumps(payload, indent=2))
     return path
+
+
+def commit() -> str:
+    """The short hash of the checked-out commit, '+' when src/ has uncommitted changes."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], capture_output=True, text=True, check=False, cwd=Path(__file__).parent
+        ).stdout.strip()
+
+    return git("rev-parse", "--short", "HEAD") + (
+        "+" if git("status", "--porcelain", "src") else ""
+    )
