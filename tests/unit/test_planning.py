@@ -19,12 +19,26 @@ CPU = HardwareFingerprint(cpu_cores=2, torch_threads=2, gpu=None, gpu_memory_gb=
 
 
 def fingerprint(
-    counts: dict[str, int], shapes: tuple[list[int], list[int]] = ([8, 8], [8, 8])
+    counts: dict[str, int],
+    shapes: tuple[list[int], list[int]] = ([8, 8], [8, 8]),
+    spacing_ratio: float = 1.0,
 ) -> DatasetFingerprint:
-    """A fingerprint with the given class counts and smallest / largest image shapes."""
+    """A fingerprint with the given class counts, smallest / largest shapes and spacing spread."""
     low, high = shapes
     return DatasetFingerprint(
-        {}, len(low), low, low, high, [1], [1.0] * len(low), {}, "OT", "binary", counts, 1
+        {},
+        len(low),
+        low,
+        low,
+        high,
+        [1],
+        [1.0] * len(low),
+        {},
+        "OT",
+        "binary",
+        counts,
+        1,
+        spacing_ratio,
     )
 
 
@@ -181,6 +195,7 @@ def test_volumes_on_one_grid_keep_their_size() -> None:
     counts = {"a": 5, "b": 5}
     assert augmentation_for(fingerprint(counts, ([28] * 3, [28] * 3)))["scale"] == 0
     assert augmentation_for(fingerprint(counts, ([20, 28, 28], [40, 64, 64])))["scale"] > 0
+    assert augmentation_for(fingerprint(counts, ([28] * 3, [28] * 3), 1.6))["scale"] > 0
     assert augmentation_for(fingerprint(counts, ([28, 28], [28, 28])))["scale"] > 0
 
 
@@ -205,3 +220,23 @@ def test_multilabel_targets() -> None:
     spec = LabelSpec("multilabel", ["x", "y"], ["label_x", "label_y"])
     targets = spec.encode([{"label_x": "1", "label_y": "0"}, {"label_x": "0", "label_y": "1"}])
     np.testing.assert_array_equal(targets, [[1, 0], [0, 1]])
+
+
+def test_the_fingerprint_sees_volumes_on_different_grids(tmp_path: Path) -> None:
+    from medlens.io import MedicalImage, write_image
+    from medlens.planning.fingerprint import fingerprint_dataset
+
+    def volumes(folder: Path, spacings: list[float]) -> Manifest:
+        rng = np.random.default_rng(0)
+        for i, z in enumerate(spacings):
+            label = "ab"[i % 2]
+            (folder / label).mkdir(parents=True, exist_ok=True)
+            array = rng.random((1, 6, 8, 8)).astype(np.float32)
+            write_image(MedicalImage(array, spacing=(z, 1.0, 1.0)), folder / label / f"{i}.nii.gz")
+        return load_manifest(folder)
+
+    same = volumes(tmp_path / "same", [2.0] * 4)
+    assert fingerprint_dataset(same, infer_labels(same)).one_grid
+    mixed = volumes(tmp_path / "mixed", [2.0, 2.0, 5.0, 5.0])
+    found = fingerprint_dataset(mixed, infer_labels(mixed))
+    assert not found.one_grid and found.spacing_ratio == pytest.approx(2.5)

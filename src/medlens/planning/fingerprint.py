@@ -32,6 +32,13 @@ class DatasetFingerprint:
     task: str
     class_counts: dict[str, int]
     sampled: int
+    #: the largest ratio, over axes, of the sample's largest to smallest spacing (1.0: one spacing)
+    spacing_ratio: float = 1.0
+
+    @property
+    def one_grid(self) -> bool:
+        """Every sampled image has the same shape and spacing: a voxel is the same size in all."""
+        return self.min_shape == self.max_shape and self.spacing_ratio <= 1.01
 
     @property
     def imbalance(self) -> float:
@@ -119,4 +126,12 @@ def fingerprint_dataset(
         task=labels.task,
         class_counts={c: int(n) for c, n in zip(labels.classes, per_class, strict=True)},
         sampled=len(chosen),
+        spacing_ratio=_spacing_ratio(np.asarray(spacings, dtype=np.float64)),
     )
+
+
+def _spacing_ratio(spacings: np.ndarray) -> float:
+    low = spacings.min(axis=0)
+    if np.any(low <= 0):
+        return float("inf")  # a zero or negative spacing: no geometry to trust
+    return round(float(np.max(spacings.max(axis=0) / low)), 4)

@@ -128,14 +128,14 @@ def batch_size_for(n_train: int, spatial_dims: int, hw: HardwareFingerprint) -> 
 def augmentation_for(fp: DatasetFingerprint) -> dict[str, Any]:
     """Mild, orientation-preserving augmentation: no flips (left/right can be the label).
 
-    No random zoom for volumes that all share one grid: there a structure's size in voxels is a
-    measurement (AdrenalMNIST3D's gland volume alone ranks its training labels with AUC 0.68)
+    No random zoom for volumes that all share one grid (one shape, one spacing): there a
+    structure's size in voxels is a measurement (AdrenalMNIST3D's gland volume alone ranks its training labels with AUC 0.68)
     and a +-15 % zoom moves it by up to +-50 %. On held-out AdrenalMNIST3D training volumes,
     3 seeds, AUC 0.892 vs 0.887 and accuracy 0.862 vs 0.858 without it (benchmarks/
     bench_protocol.py, ``noscale``). 2D images keep it: a radiograph's magnification varies
     with the patient and the projection geometry.
     """
-    one_grid = fp.spatial_dims == 3 and fp.min_shape == fp.max_shape
+    one_grid = fp.spatial_dims == 3 and fp.one_grid
     return {
         "rotate_deg": 15.0,
         "scale": 0.0 if one_grid else 0.15,
