@@ -11,6 +11,9 @@ PYTEST_ARGS ?=
 # Create .venv and install the pinned CPU stack on first use; reuse it afterwards.
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@# on x86-64 Linux onnxruntime-openvino replaces onnxruntime (one module, two wheels)
+	@if [ "$$(uname -sm)" = "Linux x86_64" ] && $(BIN)/python -m pip show onnxruntime >/dev/null 2>&1; \
+		then $(BIN)/python -m pip uninstall --quiet -y onnxruntime onnxruntime-openvino; fi
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	@touch $@
 

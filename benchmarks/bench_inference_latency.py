@@ -3,24 +3,28 @@
 
 The models have random weights (latency does not depend on them); the INT8 calibration uses
 random inputs here. The quality cost of INT8 is measured on real data, not here (README).
-3D models are exported with their convolutions unrolled into 2D ones (the default); the
-``onnxruntime_conv3d`` column is the same model exported with plain Conv3d nodes.
+``onnxruntime`` / ``onnxruntime_int8`` are what `medlens serve|predict` run on this machine
+(``provider``: OpenVINO's for 3D models where installed, see
+:mod:`medlens.inference.providers`); the other variants are the alternatives it chose between:
+the CPU provider with 3D convolutions unrolled to 2D (``cpu``) or as plain Conv3d
+(``cpu_conv3d``), and OpenVINO's provider for 2D models (``openvino``).
 """
 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 import torch
 
 from benchmarks.common import summary, timed, write_result
 from medlens.data.labels import LabelSpec
 from medlens.inference import load_artifact, save_artifact
 from medlens.inference.onnx import export_onnx
+from medlens.inference.providers import OPENVINO, Runtime, available, runtime_for
 from medlens.inference.quantize import INT8_FILE, quantize_artifact
 from medlens.models import create_model
 
@@ -36,8 +40,9 @@ CASES = {
 }
 
 
-def _int8(model: torch.nn.Module, shape: tuple[int, ...], folder: Path) -> Path:
-    """The INT8 model `medlens export --int8` would make, calibrated on random inputs."""
+def _int8(model: torch.nn.Module, shape: tuple[int, ...], folder: Path, runtime: Runtime) -> Any:
+    """The INT8 model `medlens export --int8` would make for ``runtime``, calibrated on random
+    inputs, as a session of that runtime."""
     artifact = load_artifact(
         save_artifact(
             folder,
@@ -52,8 +57,31 @@ def _int8(model: torch.nn.Module, shape: tuple[int, ...], folder: Path) -> Path:
     )
     rng = np.random.default_rng(1)
     calibration = rng.normal(size=(32, *shape)).astype(np.float32)
-    quantize_artifact(artifact, calibration, calibration[:8])
-    return folder / INT8_FILE
+    quantize_artifact(artifact, calibration, calibration[:8], runtime=runtime)
+    return runtime.session(str(folder / INT8_FILE))
+
+
+def _sessions(
+    model: torch.nn.Module, dims: int, shape: tuple[int, ...], folder: Path
+) -> tuple[str, dict[str, Any]]:
+    """ONNX Runtime sessions by variant name; the served runtime's are ``onnxruntime(_int8)``."""
+    served = runtime_for(dims)
+    cpu = Runtime(("CPUExecutionProvider",))
+    runtimes = {"onnxruntime": served}
+    if served.name != "cpu":
+        runtimes["cpu"] = cpu
+    if dims == 3:
+        runtimes["cpu_conv3d"] = Runtime(("CPUExecutionProvider",), unroll_3d=False)
+    elif OPENVINO in available():
+        runtimes["openvino"] = runtime_for(dims, openvino=True)
+    sessions = {}
+    for name, runtime in runtimes.items():
+        path = export_onnx([model], shape, folder / f"{name}.onnx", unroll_3d=runtime.unroll_3d)
+        sessions[name] = runtime.session(str(path.path))
+    sessions["onnxruntime_int8"] = _int8(model, shape, folder / "int8", served)
+    if served.name != "cpu":
+        sessions["cpu_int8"] = _int8(model, shape, folder / "cpu-int8", cpu)
+    return served.name, sessions
 
 
 def main() -> None:
@@ -61,16 +89,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for case, (name, dims, shape, options) in CASES.items():
             model = create_model(name, dims, shape[0], 2, **options).eval()
-            path = export_onnx([model], shape, Path(tmp) / f"{case}.onnx").path
-            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-            plain = None
-            if dims == 3:
-                plain_path = Path(tmp) / f"{case}-conv3d.onnx"
-                export_onnx([model], shape, plain_path, unroll_3d=False)
-                plain = ort.InferenceSession(str(plain_path), providers=["CPUExecutionProvider"])
-            int8 = ort.InferenceSession(
-                str(_int8(model, shape, Path(tmp) / case)), providers=["CPUExecutionProvider"]
-            )
+            folder = Path(tmp) / case
+            folder.mkdir()
+            provider, sessions = _sessions(model, dims, shape, folder)
             for batch in (1, 32):
                 x = np.random.default_rng(0).normal(size=(batch, *shape)).astype(np.float32)
                 xt = torch.from_numpy(x)
@@ -80,31 +101,33 @@ def main() -> None:
                     with torch.inference_mode():
                         model(xt)
 
-                eager_t = summary(timed(eager, repeats, warmup=2))
-                onnx_t = summary(timed(lambda: session.run(None, {"image": x}), repeats, warmup=2))
-                int8_t = summary(timed(lambda: int8.run(None, {"image": x}), repeats, warmup=2))
-                row = {
-                    "torch_eager_ms_per_image": round(eager_t["median_s"] / batch * 1000, 3),
-                    "onnxruntime_ms_per_image": round(onnx_t["median_s"] / batch * 1000, 3),
-                    "onnxruntime_int8_ms_per_image": round(int8_t["median_s"] / batch * 1000, 3),
-                    "speedup": round(eager_t["median_s"] / onnx_t["median_s"], 2),
-                    "speedup_int8": round(eager_t["median_s"] / int8_t["median_s"], 2),
+                def per_image_ms(run: Callable[[], object]) -> float:
+                    return summary(timed(run, repeats, warmup=2))["median_s"] / batch * 1000
+
+                eager_ms = per_image_ms(eager)
+                row: dict[str, Any] = {
+                    "torch_eager_ms_per_image": round(eager_ms, 3),
+                    "provider": provider,
                 }
-                if plain is not None:
-                    session3d = plain
-                    plain_t = summary(
-                        timed(lambda: session3d.run(None, {"image": x}), repeats, warmup=2)
+                for variant, session in sessions.items():
+                    ms = per_image_ms(lambda s=session: s.run(None, {"image": x}))
+                    served = variant.startswith("onnxruntime")
+                    key = (
+                        variant.replace("onnxruntime", "speedup")
+                        if served
+                        else f"speedup_{variant}"
                     )
-                    row["onnxruntime_conv3d_ms_per_image"] = round(
-                        plain_t["median_s"] / batch * 1000, 3
-                    )
-                    row["speedup_conv3d"] = round(eager_t["median_s"] / plain_t["median_s"], 2)
+                    row[f"{variant}_ms_per_image"] = round(ms, 3)
+                    row[key] = round(eager_ms / ms, 2)
                 results[f"{case}/batch{batch}"] = row
     write_result(
         "inference_latency",
         {
             "description": "median per-image latency on CPU: torch eager fp32, ONNX Runtime fp32 "
-            "and ONNX Runtime INT8 (static, per-channel, QDQ); speedups are vs torch eager",
+            "and INT8 (static, per-channel, QDQ) as medlens serves them on this machine "
+            "(onnxruntime*, provider) and the alternatives (cpu: CPU provider, 3D convolutions "
+            "unrolled to 2D; cpu_conv3d: plain Conv3d; openvino: OpenVINO provider); speedups "
+            "are vs torch eager",
             "cases": results,
         },
     )

@@ -97,7 +97,9 @@ def serve_command(
         audit_to_stderr()
     app = create_app(settings)  # loads (and exports) every model once: errors show here
     for name, service in app.state.models.items():
-        console.print(f"model [b]{name}[/b] v{service.version} ({service.engine.backend_used})")
+        console.print(
+            f"model [b]{name}[/b] v{service.version} ({service.engine.backend_used}, {service.engine.provider})"
+        )
     console.print(
         f"serving at http://{host}:{port}/ (viewer)"
         + (f" with {workers} worker processes" if workers > 1 else "")

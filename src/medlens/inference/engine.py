@@ -16,6 +16,7 @@ from numpy.typing import NDArray
 
 from medlens.errors import ConfigError, MedlensError
 from medlens.inference.artifact import Artifact
+from medlens.inference.providers import Runtime, runtime_for
 from medlens.models.forward import batched_logits, combined
 
 log = logging.getLogger(__name__)
@@ -41,8 +42,9 @@ def _input_shape(artifact: Artifact) -> tuple[int, ...]:
 
 class Engine:
     """Logits (N, K) for preprocessed batches; ``backend`` "auto" uses ONNX Runtime when the
-    export works and torch otherwise (and says which in ``backend_used``). ``precision="int8"``
-    runs the artifact's quantized model (`medlens export --int8`) through ONNX Runtime."""
+    export works and torch otherwise (and says which in ``backend_used``, and which ONNX Runtime
+    provider in ``provider``). ``precision="int8"`` runs the artifact's quantized model
+    (`medlens export --int8`) through ONNX Runtime."""
 
     def __init__(
         self,
@@ -65,14 +67,15 @@ class Engine:
         self._lock = threading.Lock()  # torch modules are not re-entrant under hooks
         self._session: Any = None
         self.backend_used = "torch"
+        self.runtime = runtime_for(artifact.spatial_dims)
         if precision == "int8":
             from medlens.inference.quantize import int8_model
 
-            self._session = self._ort_session(int8_model(artifact), threads)
+            self._session = self.runtime.session(str(int8_model(artifact)), threads)
             self.backend_used = "onnx-int8"
         elif backend != "torch":
             try:
-                self._session = self._onnx_session(cache_dir, threads)
+                self._session = self._onnx_session(cache_dir, threads, self.runtime)
                 self.backend_used = "onnx"
             except (MedlensError, ImportError, RuntimeError, OSError) as err:
                 if backend == "onnx":
@@ -81,33 +84,28 @@ class Engine:
                     "ONNX Runtime unavailable for %s (%s); using torch", artifact.folder, err
                 )
 
-    def _onnx_session(self, cache_dir: str | Path | None, threads: int | None) -> Any:
+    def _onnx_session(
+        self, cache_dir: str | Path | None, threads: int | None, runtime: Runtime
+    ) -> Any:
         from medlens.inference.onnx import export_onnx
 
         folder = Path(cache_dir or self.artifact.folder.parent / ".onnx-cache")
-        path = folder / f"{artifact_digest(self.artifact)[:24]}.onnx"
+        graph = "" if runtime.unroll_3d else ".conv3d"
+        path = folder / f"{artifact_digest(self.artifact)[:24]}{graph}.onnx"
         if not path.is_file():
             folder.mkdir(parents=True, exist_ok=True)
-            report = export_onnx(self.artifact.members, _input_shape(self.artifact), path)
+            report = export_onnx(
+                self.artifact.members,
+                _input_shape(self.artifact),
+                path,
+                unroll_3d=runtime.unroll_3d,
+            )
             log.info("exported %s (max |ORT - torch| = %.2g)", path, report.max_abs_diff)
-        return self._ort_session(path, threads)
+        return runtime.session(str(path), threads)
 
-    @staticmethod
-    def _ort_session(path: Path, threads: int | None) -> Any:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        # idle worker threads sleep instead of spinning: a service shares the cores with its
-        # event loop, decoders and (in benchmarks) its clients
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        providers = [
-            p
-            for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
-            if p in ort.get_available_providers()
-        ]
-        return ort.InferenceSession(str(path), options, providers=providers)
+    @property
+    def provider(self) -> str:
+        return "torch" if self._session is None else self.runtime.name
 
     def logits(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
         batch = np.ascontiguousarray(batch, dtype=np.float32)

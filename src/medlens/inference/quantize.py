@@ -22,6 +22,7 @@ from medlens._fs import atomic_path, atomic_write_text
 from medlens.errors import ArtifactError, ConfigError
 from medlens.inference.artifact import Artifact
 from medlens.inference.onnx import export_onnx
+from medlens.inference.providers import Runtime, runtime_for
 from medlens.metrics import roc_auc
 
 if TYPE_CHECKING:
@@ -48,6 +49,8 @@ class QuantizationReport:
     decision_agreement: float
     auc_fp32: float | None
     auc_int8: float | None
+    #: the ONNX Runtime provider both models were compared on (the one that serves them here)
+    provider: str = "cpu"
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -92,12 +95,15 @@ def quantize_artifact(
     check: NDArray[np.float32],
     *,
     check_targets: NDArray[Any] | None = None,
+    runtime: Runtime | None = None,
 ) -> QuantizationReport:
     """Write ``model.int8.onnx`` into the artifact folder: weights per channel in int8,
     activations in uint8 with ranges from ``calibration`` (preprocessed images, N x C x ...),
     then compare its calibrated probabilities and decisions with the FP32 model's on ``check``.
+
+    The graph quantized is the one ``runtime`` (by default this machine's, see
+    :mod:`medlens.inference.providers`) runs: 3D convolutions unrolled to 2D or plain Conv3d.
     """
-    import onnxruntime as ort
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -122,10 +128,13 @@ def quantize_artifact(
             batch = next(self._batches, None)
             return None if batch is None else {"image": batch}
 
+    runtime = runtime or runtime_for(artifact.spatial_dims)
     shape = (artifact.in_channels, *map(int, artifact.meta["input_size"]))
     path = artifact.folder / INT8_FILE
     with tempfile.TemporaryDirectory(prefix="medlens-int8-") as tmp:
-        fp32 = export_onnx(artifact.members, shape, Path(tmp) / "fp32.onnx").path
+        fp32 = export_onnx(
+            artifact.members, shape, Path(tmp) / "fp32.onnx", unroll_3d=runtime.unroll_3d
+        ).path
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32), str(prepared))  # shape inference + graph clean-up
         root = logging.getLogger()
@@ -149,9 +158,8 @@ def quantize_artifact(
                 )
         finally:
             root.setLevel(level)
-        cpu = ["CPUExecutionProvider"]
-        reference = _probabilities(artifact, ort.InferenceSession(str(fp32), providers=cpu), check)
-    quantized = _probabilities(artifact, ort.InferenceSession(str(path), providers=cpu), check)
+        reference = _probabilities(artifact, runtime.session(str(fp32)), check)
+    quantized = _probabilities(artifact, runtime.session(str(path)), check)
     change = np.abs(quantized - reference)
     agree = np.mean(
         np.asarray(artifact.decide(quantized)) == np.asarray(artifact.decide(reference))
@@ -171,6 +179,7 @@ def quantize_artifact(
         round(float(agree), 5),
         auc_fp32,
         auc_int8,
+        runtime.name,
     )
     atomic_write_text(artifact.folder / REPORT_FILE, json.dumps(report.to_dict(), indent=2) + "\n")
     return report

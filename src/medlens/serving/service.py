@@ -75,6 +75,7 @@ class ModelService:
             "threshold": self.artifact.threshold,
             "metrics": meta.get("metrics", {}),
             "backend": self.engine.backend_used,
+            "provider": self.engine.provider,
         }
 
     def submit(self, grid: MedicalImage) -> Future[NDArray[np.float32]]:
