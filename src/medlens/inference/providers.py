@@ -2,11 +2,11 @@
 
 On x86-64 Linux medlens installs ONNX Runtime's OpenVINO build (`onnxruntime-openvino`), which
 keeps the CPU provider and adds OpenVINO's. Its CPU plugin has direct (oneDNN) 3D convolutions,
-so 3D models run on it as plain Conv3d graphs: CompactNet 3D at batch 32 took 1.7-2.1 ms per
-volume there against 3.3-4.4 ms on the CPU provider (Conv3d unrolled to 2D / plain) and 2.9 ms
-in torch eager (`benchmarks/bench_inference_latency.py`). For 2D models it was no faster
-(ResNet-18 224^2 26 vs 25 ms), so they stay on the CPU provider. A CUDA provider, when
-present, wins over both.
+so 3D models run on it as plain Conv3d graphs: CompactNet 3D at batch 32 took 2.1 ms per volume
+there against 3.4 / 4.7 ms on the CPU provider (Conv3d unrolled to 2D / plain) and 3.0 ms in
+torch eager (`benchmarks/bench_inference_latency.py`). 2D models were not faster on it
+(ResNet-18 224^2 28.2 vs 26.5 ms; CompactNet 28^2 at batch 1 0.62 vs 0.52 ms, medians of 200
+interleaved calls), so they stay on the CPU provider. A CUDA provider, when present, wins.
 """
 
 from __future__ import annotations
