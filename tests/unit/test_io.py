@@ -9,7 +9,15 @@ from PIL import Image
 
 from medlens.data.synthetic import rotation_matrix
 from medlens.errors import ConfigError, DataError, UnsupportedFormatError
-from medlens.io import ImageMeta, MedicalImage, detect_format, read_image, write_image
+from medlens.io import (
+    ImageMeta,
+    MedicalImage,
+    detect_format,
+    is_raster_bytes,
+    read_image,
+    write_image,
+)
+from medlens.io.raster import read_raster
 
 
 def _volume(dtype: type = np.int16) -> MedicalImage:
@@ -72,9 +80,14 @@ def test_2d_raster_round_trip_is_exact(tmp_path: Path, dtype: type, suffix: str)
         dtype
     )  # non-square: catches transposes
     img = MedicalImage(array, spacing=(0.5, 0.25))
-    back = read_image(write_image(img, tmp_path / f"a{suffix}"))
+    path = write_image(img, tmp_path / f"a{suffix}")
+    back = read_image(path)
     np.testing.assert_array_equal(back.array, array)
     assert back.spacing == pytest.approx((0.5, 0.25), rel=1e-3)
+    assert is_raster_bytes(path.read_bytes()[:1024])
+    in_memory = read_raster("upload", path.read_bytes())  # what the service decodes
+    np.testing.assert_array_equal(in_memory.array, array)
+    assert in_memory.spacing == back.spacing
 
 
 def test_png_keeps_full_geometry(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from medlens.inference import load_artifact, save_artifact
 from medlens.inference.batching import DynamicBatcher, QueueFullError
 from medlens.io import MedicalImage, write_image
 from medlens.models import create_model
+from medlens.serving import uploads
 from medlens.serving.app import create_app
 from medlens.serving.settings import ServeSettings, load_tokens, token_id
 from medlens.serving.uploads import Limits
@@ -228,6 +229,28 @@ def _zip(entries: dict[str, bytes], link: str | None = None) -> bytes:
             info.external_attr = 0o120777 << 16
             archive.writestr(info, "/etc/passwd")
     return buffer.getvalue()
+
+
+def test_raster_uploads_never_touch_the_disk(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """PNG/JPEG/TIFF bytes are decoded in memory; formats read from paths use a temp folder."""
+    volume = write_image(MedicalImage(np.ones((1, 4, 4, 4), np.float32)), tmp_path / "v.nii.gz")
+    png = png_bytes(3)
+
+    def no_disk(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("an upload was written to disk")
+
+    monkeypatch.setattr(uploads.tempfile, "TemporaryDirectory", no_disk)
+    image = uploads.read_upload(png, "scan.png", Limits())
+    expected = np.asarray(Image.open(io.BytesIO(png)))[None]
+    np.testing.assert_array_equal(image.array, expected)
+    with pytest.raises(AssertionError, match="written to disk"):
+        uploads.read_upload(volume.read_bytes(), "v.nii.gz", Limits())
+    monkeypatch.undo()
+    assert uploads.read_upload(volume.read_bytes(), "v.nii.gz", Limits()).spatial_dims == 3
+    with pytest.raises(uploads.UploadError, match=r"^scan.png: corrupt .* truncated"):
+        uploads.read_upload(png[:60], "scan.png", Limits())
 
 
 def test_zip_traversal_links_and_bombs_are_refused(

@@ -26,6 +26,7 @@ __all__ = [
     "apply_window",
     "detect_format",
     "is_medmnist",
+    "is_raster_bytes",
     "lps_to_ras",
     "ras_to_lps",
     "read_image",
@@ -109,6 +110,13 @@ def detect_format(path: Path) -> str:
         f"not a recognised medical image (starts with {head[:8]!r})",
         path=path,
         fix="supported: DICOM, NIfTI, NRRD/MHA/MHD, PNG/JPEG/BMP/TIFF/GIF, .npz",
+    )
+
+
+def is_raster_bytes(head: bytes) -> bool:
+    """Whether bytes start like a PNG, JPEG, GIF, TIFF or BMP file (and not like a DICOM one)."""
+    return not has_dicom_preamble(head) and any(
+        head.startswith(magic) for magic, kind in _RASTER_MAGIC if kind == "raster"
     )
 
 

@@ -115,7 +115,9 @@ class MedicalImage:
             raise DataError(f"direction must be a 3x3 matrix, got shape {direction.shape}")
         if nd == 2:  # a plane's third axis is always its right-handed normal
             direction = direction.copy()
-            direction[:, 2] = np.cross(direction[:, 0], direction[:, 1])
+            (a0, a1, a2), (b0, b1, b2) = direction[:, 0], direction[:, 1]
+            # written out: np.cross costs ~40 us, a visible share of serving a 28 px image
+            direction[:, 2] = (a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0)
         origin = tuple(float(o) for o in self.origin)
         if len(origin) != 3:
             raise DataError(f"origin must have 3 coordinates, got {origin}")

@@ -6,6 +6,7 @@ medlens carry their geometry and metadata in a ``medlens`` text chunk, so a roun
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import warnings
@@ -55,14 +56,17 @@ def _to_channels_first(arr: NDArray[Any]) -> NDArray[Any]:
     return np.moveaxis(arr, -1, 0) if arr.ndim == 3 else arr[None]
 
 
-def read_raster(path: str | Path) -> MedicalImage:
-    """Read a 2D raster image (multi-page TIFF / animated GIF become a stack on the first axis)."""
+def read_raster(path: str | Path, data: bytes | None = None) -> MedicalImage:
+    """Read a 2D raster image (multi-page TIFF / animated GIF become a stack on the first axis).
+
+    ``data`` decodes these bytes instead of reading ``path``, which then only names the image
+    (an upload decoded in memory never touches the disk)."""
     path = Path(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             Image.MAX_IMAGE_PIXELS = MAX_PIXELS
-            with Image.open(path) as im:
+            with Image.open(path if data is None else io.BytesIO(data)) as im:
                 info = dict(im.info)
                 frames = []
                 for index in range(getattr(im, "n_frames", 1)):
@@ -75,8 +79,9 @@ def read_raster(path: str | Path) -> MedicalImage:
             fix="downsample it with another tool first",
         ) from err
     except Exception as err:  # Pillow raises OSError/SyntaxError/ValueError... on corrupt files
-        if path.suffix.lower() in (".tif", ".tiff"):
-            return _read_tiff_fallback(path, err)
+        tiff = data[:4] in (b"II*\x00", b"MM\x00*") if data is not None else False
+        if tiff or path.suffix.lower() in (".tif", ".tiff"):
+            return _read_tiff_fallback(path, err, data)
         raise DataError(
             f"corrupt or unsupported raster image ({type(err).__name__}: {err})", path=path
         ) from err
@@ -89,11 +94,11 @@ def read_raster(path: str | Path) -> MedicalImage:
     return _with_geometry(array, info, path)
 
 
-def _read_tiff_fallback(path: Path, first_error: Exception) -> MedicalImage:
+def _read_tiff_fallback(path: Path, first_error: Exception, raw: bytes | None) -> MedicalImage:
     try:
         import tifffile
 
-        data = np.asarray(tifffile.imread(path))
+        data = np.asarray(tifffile.imread(path if raw is None else io.BytesIO(raw)))
     except Exception as err:
         raise DataError(f"corrupt or unsupported TIFF ({first_error})", path=path) from err
     if data.ndim == 3 and data.shape[-1] in (3, 4):

@@ -13,7 +13,6 @@ import hashlib
 import hmac
 import logging
 import os
-import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -172,8 +171,7 @@ def create_app(settings: ServeSettings, services: list[ModelService] | None = No
         if isinstance(received, str):
             image, digest = read_reference(received, allowed, settings.limits)
             return image, service.artifact.prepared(image), digest
-        with tempfile.TemporaryDirectory(prefix="medlens-upload-") as tmp:
-            image = read_upload(*received, Path(tmp), settings.limits)
+        image = read_upload(*received, settings.limits)
         return image, service.artifact.prepared(image), None
 
     async def handle(

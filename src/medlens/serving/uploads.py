@@ -12,13 +12,17 @@ import hashlib
 import io
 import re
 import stat
+import tempfile
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from medlens.errors import MedlensError
-from medlens.io import detect_format, read_image
+from medlens.io import detect_format, is_raster_bytes, read_image
 from medlens.io.image import MedicalImage
+from medlens.io.raster import read_raster
 
 
 @dataclass(frozen=True)
@@ -40,14 +44,18 @@ class UploadError(Exception):
         self.message = message
 
 
+def _raster_pixels(source: Path | io.BytesIO) -> int:
+    from PIL import Image
+
+    with Image.open(source) as im:
+        return im.width * im.height * len(im.getbands()) * getattr(im, "n_frames", 1)
+
+
 def _header_pixels(path: Path) -> int | None:
     """Decoded value count from the header alone (None when the format has no cheap header)."""
     kind = detect_format(path)
     if kind == "raster":
-        from PIL import Image
-
-        with Image.open(path) as im:
-            return im.width * im.height * len(im.getbands()) * getattr(im, "n_frames", 1)
+        return _raster_pixels(path)
     if kind == "dicom":
         import pydicom
 
@@ -84,12 +92,16 @@ def check_pixels(paths: list[Path], limits: Limits, name: str) -> None:
             total += _header_pixels(path) or 0
         except MedlensError:
             continue
-        if total > limits.max_pixels:
-            raise UploadError(
-                413,
-                f"{name}: decodes to more than {limits.max_pixels:,} values "
-                f"(limit of this server; a decompression bomb or a far too large image)",
-            )
+        _check_total(total, limits, name)
+
+
+def _check_total(values: int, limits: Limits, name: str) -> None:
+    if values > limits.max_pixels:
+        raise UploadError(
+            413,
+            f"{name}: decodes to more than {limits.max_pixels:,} values "
+            f"(limit of this server; a decompression bomb or a far too large image)",
+        )
 
 
 def _safe_member(name: str) -> bool:
@@ -140,40 +152,57 @@ def extract_zip(data: bytes, folder: Path, limits: Limits, name: str) -> list[Pa
     return paths
 
 
-def read_upload(data: bytes, filename: str, workdir: Path, limits: Limits) -> MedicalImage:
-    """The image in an upload (a file, or a zip of one DICOM series) within ``limits``."""
+def read_upload(data: bytes, filename: str, limits: Limits) -> MedicalImage:
+    """The image in an upload (a file, or a zip of one DICOM series) within ``limits``.
+
+    PNG/JPEG/GIF/TIFF/BMP bytes are decoded in memory (faster, and no copy of the image on
+    disk); other formats, whose readers take paths, go through a private temporary folder."""
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(filename or "upload").name)[:80] or "upload"
     if not data:
         raise UploadError(400, f"{name}: empty upload")
     if len(data) > limits.max_bytes:
         raise UploadError(413, f"{name}: larger than {limits.max_bytes:,} bytes")
-    try:
-        if data.startswith(b"PK\x03\x04"):
-            folder = workdir / "series"
-            folder.mkdir()
-            files = extract_zip(data, folder, limits, name)
-            check_pixels(files, limits, name)
-            image = read_image(folder)
-        else:
-            suffix = "".join(Path(name).suffixes[-2:]).lower()
-            path = workdir / f"upload{suffix if re.fullmatch(r'[.a-z0-9]{0,12}', suffix) else ''}"
-            path.write_bytes(data)
-            check_pixels([path], limits, name)
-            image = read_image(path)
-    except MedlensError as err:
-        raise UploadError(422, _client_message(err, workdir, name)) from None
-    except (OSError, ValueError, EOFError, SyntaxError) as err:  # decoder errors from libraries
-        raise UploadError(422, f"{name}: unreadable image ({type(err).__name__})") from None
+    if is_raster_bytes(data[:1024]):
+        with _refusals(name):
+            _check_total(_raster_pixels(io.BytesIO(data)), limits, name)
+            image = read_raster(name, data)
+    else:
+        with (
+            tempfile.TemporaryDirectory(prefix="medlens-upload-") as tmp,
+            _refusals(name, Path(tmp)),
+        ):
+            image = _read_on_disk(data, name, Path(tmp), limits)
     if image.array.size > limits.max_pixels:
         raise UploadError(413, f"{name}: decodes to more than {limits.max_pixels:,} values")
     return image
 
 
-def _client_message(err: MedlensError, workdir: Path, name: str) -> str:
-    """The error's one line with server paths replaced by the client's file name."""
-    text = " ".join(str(err).split())
-    text = re.sub(re.escape(str(workdir)) + r"[^\s:]*", name, text)
-    return text if text.startswith(name) else f"{name}: {text}"
+def _read_on_disk(data: bytes, name: str, workdir: Path, limits: Limits) -> MedicalImage:
+    if data.startswith(b"PK\x03\x04"):
+        folder = workdir / "series"
+        folder.mkdir()
+        files = extract_zip(data, folder, limits, name)
+        check_pixels(files, limits, name)
+        return read_image(folder)
+    suffix = "".join(Path(name).suffixes[-2:]).lower()
+    path = workdir / f"upload{suffix if re.fullmatch(r'[.a-z0-9]{0,12}', suffix) else ''}"
+    path.write_bytes(data)
+    check_pixels([path], limits, name)
+    return read_image(path)
+
+
+@contextmanager
+def _refusals(name: str, workdir: Path | None = None) -> Iterator[None]:
+    """Reader and decoder failures as 422s that name the client's file, never a server path."""
+    try:
+        yield
+    except MedlensError as err:
+        text = " ".join(str(err).split())
+        if workdir is not None:
+            text = re.sub(re.escape(str(workdir)) + r"[^\s:]*", name, text)
+        raise UploadError(422, text if text.startswith(name) else f"{name}: {text}") from None
+    except (OSError, ValueError, EOFError, SyntaxError) as err:  # decoder errors from libraries
+        raise UploadError(422, f"{name}: unreadable image ({type(err).__name__})") from None
 
 
 def read_reference(raw: str, allowed: list[Path], limits: Limits) -> tuple[MedicalImage, str]:
