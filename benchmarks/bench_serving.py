@@ -31,6 +31,7 @@ from medlens.inference.engine import Engine
 from medlens.inference.quantize import quantize_artifact
 from medlens.io import read_image, write_image
 from medlens.models import create_model
+from medlens.serving.workers import listeners
 
 TOKEN = "benchmark-token-0123456789"
 #: case -> (model, input size, options, precision); ``MEDLENS_BENCH_MODELS=a,b`` runs a subset
@@ -163,10 +164,12 @@ def _serve(
         try:
             connection = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
             connection.request("GET", "/health")
-            if connection.getresponse().status == 200:
+            # every worker ready (listening), or the first clients would all go to the first
+            if connection.getresponse().status == 200 and listeners(port) >= workers:
                 return process, port
         except OSError:
-            time.sleep(0.2)
+            pass
+        time.sleep(0.2)
     process.kill()
     raise RuntimeError("server did not start")
 

@@ -3,6 +3,7 @@ headless Chromium driven by Selenium. Each test starts and stops its server by P
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import shutil
@@ -23,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from medlens.io import read_image, write_image
+from medlens.serving.workers import listeners
 from tests.unit.test_serving import TOKEN, make_artifact, png_bytes
 
 pytestmark = pytest.mark.integration
@@ -99,6 +101,28 @@ def children(pid: int) -> set[int]:
     return found
 
 
+def connections_per_process(pids: set[int], port: int) -> dict[int, int]:
+    """Established connections to ``port`` held by each of ``pids`` (from /proc)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(fields[9])
+    counts = {}
+    for pid in pids:
+        held = 0
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                target = str(fd.readlink())
+            except OSError:
+                continue
+            held += target.startswith("socket:[") and target[8:-1] in inodes
+        if held:
+            counts[pid] = held
+    return counts
+
+
 def running_pid(pid: int) -> bool:
     """Alive and not a zombie (an exited worker whose reaper has not collected it yet)."""
     try:
@@ -116,6 +140,18 @@ def test_worker_processes_share_the_port_and_the_metrics(tmp_path: Path) -> None
             time.sleep(0.2)  # uvicorn starts its workers after binding the port
         workers = children(live.process.pid)
         assert len(workers) >= 2
+        port = int(live.url.rsplit(":", 1)[1])
+        while listeners(port) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)  # each worker listens once its models are loaded
+        assert listeners(port) == 2  # the parent holds the port without listening
+        clients = [http.client.HTTPConnection("127.0.0.1", port, timeout=10) for _ in range(16)]
+        for client in clients:  # keep-alive connections, opened one after the other
+            client.request("GET", "/health")
+            assert client.getresponse().read()
+        spread = connections_per_process(workers, port)
+        assert sum(spread.values()) == 16 and len(spread) == 2, spread  # both workers serve
+        for client in clients:
+            client.close()
         with ThreadPoolExecutor(8) as pool:
             answers = list(pool.map(lambda k: request(live, path, png_bytes(k)), range(40)))
         assert all(status == 200 for status, _, _ in answers)

@@ -69,6 +69,7 @@ def serve_command(
     from medlens.serving.settings import CONFIG_ENV, ServeSettings, load_tokens
     from medlens.serving.telemetry import audit_to_stderr
     from medlens.serving.uploads import Limits
+    from medlens.serving.workers import run_workers
 
     if max_batch < 1 or max_queue < 1 or batch_window_ms < 0 or workers < 1:
         raise ConfigError(
@@ -117,15 +118,16 @@ def serve_command(
     os.environ[CONFIG_ENV] = dataclasses.replace(
         settings, metrics_dir=shared, threads=threads
     ).to_config(token_file)
+    config = uvicorn.Config(
+        "medlens.serving.app:app_from_environment",
+        factory=True,
+        workers=workers,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+    )
     try:
-        uvicorn.run(
-            "medlens.serving.app:app_from_environment",
-            factory=True,
-            workers=workers,
-            host=host,
-            port=port,
-            log_level="warning",
-            access_log=False,
-        )
+        run_workers(config)
     finally:
         shutil.rmtree(shared, ignore_errors=True)
