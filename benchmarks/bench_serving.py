@@ -157,7 +157,7 @@ def _serve(
          "--token-file", str(tokens), "--audit-log", str(root / f"audit-{port}.jsonl"),
          "--batch-window-ms", str(window_ms), "--max-queue", "256", "--workers", str(workers), "--precision", precision],
         env={**os.environ, "MEDLENS_CACHE": str(root / "cache")},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=(root / f"server-{port}.log").open("wb"), stderr=subprocess.STDOUT,
     )  # fmt: skip
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -171,7 +171,8 @@ def _serve(
             pass
         time.sleep(0.2)
     process.kill()
-    raise RuntimeError("server did not start")
+    log = (root / f"server-{port}.log").read_text(errors="replace")[-2000:]
+    raise RuntimeError(f"server did not start ({listeners(port)} of {workers} listening): {log}")
 
 
 def main() -> None:

@@ -10,6 +10,9 @@ import typer
 from medlens.cli.common import cache_dir, console
 from medlens.errors import ConfigError
 
+#: seconds a worker may leave uvicorn's liveness ping unanswered before it is restarted
+WORKER_HEALTHCHECK_S = 120
+
 
 def serve_command(
     model_dirs: Annotated[list[Path], typer.Argument(help="Model folders (RUN_DIR/model).")],
@@ -126,6 +129,9 @@ def serve_command(
         port=port,
         log_level="warning",
         access_log=False,
+        # a worker loading its models (torch, the ONNX export, sessions) can hold the GIL and
+        # miss uvicorn's 5 s pings; killed and restarted, it never came up on a busy machine
+        timeout_worker_healthcheck=WORKER_HEALTHCHECK_S,
     )
     try:
         run_workers(config)
