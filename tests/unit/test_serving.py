@@ -112,6 +112,8 @@ def test_every_endpoint_but_health_needs_a_token(client: TestClient) -> None:
     assert client.get("/docs").status_code == 404  # interactive docs are off
     paths = client.get("/openapi.json", headers=AUTH).json()["paths"]
     assert "/v1/models/{name}/predict" in paths and "/v1/models/{name}/explain" in paths
+    body = paths["/v1/models/{name}/predict"]["post"]["requestBody"]["content"]
+    assert {"multipart/form-data", "application/octet-stream", "application/json"} == set(body)
 
 
 def test_models_list_and_ready(client: TestClient) -> None:
@@ -184,6 +186,48 @@ def test_3d_dicom_zip_and_nifti(client: TestClient, tmp_path: Path) -> None:
     assert response.status_code == 200 and response.json()["heatmap"]["shape"] == [10, 16, 16]
 
 
+def test_raw_body_uploads_match_multipart(client: TestClient, tmp_path: Path) -> None:
+    """The file itself as the body (curl --data-binary): any format, read from its bytes."""
+
+    def raw(data: bytes, kind: str, model: str, query: str = "") -> dict[str, object]:
+        response = client.post(
+            f"/v1/models/{model}/predict{query}",
+            headers=AUTH | {"Content-Type": kind},
+            content=data,
+        )
+        assert response.status_code == 200, response.text
+        return response.json()  # type: ignore[no-any-return]
+
+    def same(a: dict[str, object], b: dict[str, object]) -> None:
+        assert a["probabilities"] == b["probabilities"]
+        assert a["input_sha256"] == b["input_sha256"]
+
+    same(raw(png_bytes(3), "image/png", "chest2d"), post(client, png_bytes(3)).json())  # type: ignore[attr-defined]
+    volume = np.random.default_rng(1).normal(0, 100, (10, 16, 16)).astype(np.float32)
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha"):  # no name: the format is in the bytes
+        data = write_image(MedicalImage(volume[None]), tmp_path / f"v{suffix}").read_bytes()
+        multipart = post(client, data, f"v{suffix}", model="chest3d").json()  # type: ignore[attr-defined]
+        same(raw(data, "application/octet-stream", "chest3d"), multipart)
+        # a misleading name in the multipart upload is overruled by the content as well
+        same(post(client, data, "scan.png", model="chest3d").json(), multipart)  # type: ignore[attr-defined]
+    series = tmp_path / "series"
+    write_dicom_series(volume, series, SeriesSpec())
+    one = sorted(series.iterdir())[0].read_bytes()
+    single = post(client, one, "slice.dcm").json()  # type: ignore[attr-defined]
+    same(raw(one, "application/dicom", "chest2d"), single)
+    refused = client.post(
+        "/v1/models/chest2d/predict?filename=cut.png",
+        headers=AUTH | {"Content-Type": "image/png"},
+        content=png_bytes()[:60],
+    )
+    assert refused.status_code == 422 and refused.json()["detail"].startswith("cut.png:")
+    for kind in ("text/plain", "application/x-www-form-urlencoded"):
+        wrong = client.post(
+            "/v1/models/chest2d/predict", headers=AUTH | {"Content-Type": kind}, content=b"x"
+        )
+        assert wrong.status_code == 415 and "application/octet-stream" in wrong.json()["detail"]
+
+
 def test_bad_inputs_get_a_4xx_with_one_line(client: TestClient, tmp_path: Path) -> None:
     dicom_like = b"\0" * 128 + b"DICM" + b"\x02\x00\x10\x00garbage" * 20
     nifti = write_image(
@@ -196,6 +240,8 @@ def test_bad_inputs_get_a_4xx_with_one_line(client: TestClient, tmp_path: Path) 
         "wrong dimensionality": (nifti, "vol.nii.gz", 422),
         "empty upload": (b"", "empty.png", 400),
         "corrupt zip": (b"PK\x03\x04broken", "x.zip", 400),
+        "corrupt MHA": (b"ObjectType = Image\nNDims = 3\nDimSize = 9 9\n", "x.mha", 422),
+        "corrupt NRRD": (b"NRRD0004\ntype: float\ndimension: 3\nsizes: 2 2\n\n", "x.nrrd", 422),
     }
     for label, (data, name, status) in cases.items():
         response = post(client, data, name)

@@ -44,6 +44,41 @@ from medlens.serving.uploads import UploadError, read_reference, read_upload
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 RETRY_AFTER_S = 1
+#: content types sent as the raw request body; the format is read from the bytes themselves
+RAW_TYPES = ("application/octet-stream", "application/dicom", "application/zip", "image/")
+RAW_SUFFIX = {"application/dicom": ".dcm", "application/zip": ".zip"}
+#: the request body of predict/explain in the OpenAPI document (the routes parse it themselves)
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                    "required": ["file"],
+                }
+            },
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"path": {"type": "string"}},
+                    "required": ["path"],
+                }
+            },
+        },
+    },
+    "parameters": [
+        {
+            "name": "filename",
+            "in": "query",
+            "required": False,
+            "schema": {"type": "string"},
+            "description": "name of a raw-body upload, used in error messages",
+        }
+    ],
+}
 
 
 class BodyLimit:
@@ -140,9 +175,13 @@ def create_app(settings: ServeSettings, services: list[ModelService] | None = No
         return models[name]
 
     async def receive(request: Request) -> tuple[bytes, str] | str:
-        """The bytes and name of a multipart ``file`` upload, or the path of a JSON reference."""
-        kind = request.headers.get("content-type", "")
-        if kind.startswith("multipart/form-data"):
+        """The bytes and name of an upload (a multipart ``file`` field, or the raw body with its
+        name in ``?filename=``), or the path of a JSON reference."""
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind.startswith(RAW_TYPES):  # no multipart parsing: e.g. curl --data-binary @scan.dcm
+            name = request.query_params.get("filename") or "upload" + RAW_SUFFIX.get(kind, "")
+            return await request.body(), name
+        if kind == "multipart/form-data":
             try:
                 form = await request.form(max_files=1, max_fields=4)
             except StarletteHTTPException as err:  # python-multipart's refusals
@@ -151,7 +190,7 @@ def create_app(settings: ServeSettings, services: list[ModelService] | None = No
             if not isinstance(upload, UploadFile):
                 raise UploadError(400, "multipart upload without a 'file' field")
             return await upload.read(settings.limits.max_bytes + 1), upload.filename or "upload"
-        if kind.startswith("application/json"):
+        if kind == "application/json":
             try:
                 body = await request.json()
             except ValueError:
@@ -160,7 +199,9 @@ def create_app(settings: ServeSettings, services: list[ModelService] | None = No
                 raise UploadError(400, 'JSON body must be {"path": "..."}')
             return str(body["path"])
         raise UploadError(
-            415, 'send multipart/form-data with a "file" field, or JSON {"path": ...}'
+            415,
+            'send multipart/form-data with a "file" field, the file itself as '
+            'application/octet-stream (or application/dicom, image/png, ...), or JSON {"path": ...}',
         )
 
     def decode(
@@ -253,12 +294,12 @@ def create_app(settings: ServeSettings, services: list[ModelService] | None = No
     async def list_models(_token: str = Depends(authorise)) -> dict[str, Any]:
         return {"models": [s.describe() for s in models.values()]}
 
-    @app.post("/v1/models/{name}/predict")
+    @app.post("/v1/models/{name}/predict", openapi_extra=UPLOAD_BODY)
     async def predict(name: str, request: Request, token: str = Depends(authorise)) -> Response:
         """Class probabilities, calibrated probabilities and the decision for one image."""
         return await handle("predict", name, request, token, predict_work)
 
-    @app.post("/v1/models/{name}/explain")
+    @app.post("/v1/models/{name}/explain", openapi_extra=UPLOAD_BODY)
     async def explain(
         name: str,
         request: Request,

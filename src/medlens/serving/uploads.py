@@ -75,7 +75,10 @@ def _header_pixels(path: Path) -> int | None:
 
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(path))
-        reader.ReadImageInformation()
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError:  # unreadable: read_image says why, in one line
+            return None
         count = int(reader.GetNumberOfComponents())
         for n in reader.GetSize():
             count *= int(n)
@@ -187,8 +190,25 @@ def _read_on_disk(data: bytes, name: str, workdir: Path, limits: Limits) -> Medi
     suffix = "".join(Path(name).suffixes[-2:]).lower()
     path = workdir / f"upload{suffix if re.fullmatch(r'[.a-z0-9]{0,12}', suffix) else ''}"
     path.write_bytes(data)
+    if suffix not in KNOWN_SUFFIXES:  # a raw body or a renamed file: name it by its content
+        path = path.rename(workdir / f"upload{_content_suffix(path, data)}")
     check_pixels([path], limits, name)
     return read_image(path)
+
+
+#: suffixes the NIfTI and ITK readers (which choose their decoder by name) understand
+KNOWN_SUFFIXES = {".nii", ".nii.gz", ".hdr", ".img", ".nrrd", ".nhdr", ".mha", ".mhd"}
+
+
+def _content_suffix(path: Path, data: bytes) -> str:
+    """The suffix the readers need for a file of ``path``'s content ('' for DICOM and others
+    that are recognised without one)."""
+    kind = detect_format(path)
+    if kind == "nifti":
+        return ".nii.gz" if data.startswith(b"\x1f\x8b") else ".nii"
+    if kind == "itk":
+        return ".nrrd" if data.startswith(b"NRRD") else ".mha"
+    return ""
 
 
 @contextmanager
