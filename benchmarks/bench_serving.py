@@ -175,6 +175,43 @@ def _serve(
     raise RuntimeError(f"server did not start ({listeners(port)} of {workers} listening): {log}")
 
 
+def _floor(data: bytes) -> dict[str, Any]:
+    """Latency of the same uploads to a uvicorn + Starlette route that does nothing with them
+    (benchmarks.echo_server): the part of the HTTP overhead no service can avoid."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    process = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.echo_server", str(port)],
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the echo server did not start") from None
+                time.sleep(0.1)
+        clients = {
+            "multipart": Client(port, "echo", data),
+            "raw_body": Client(port, "echo", data, raw=True),
+        }
+        seconds: dict[str, list[float]] = {k: [] for k in clients}
+        for k in range(LATENCY_REQUESTS + 10):
+            for kind, client in clients.items():
+                began = time.perf_counter()
+                assert client.predict() == 200
+                if k >= 10:
+                    seconds[kind].append(time.perf_counter() - began)
+        return {kind: _percentiles(values) for kind, values in seconds.items()}
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
 def main() -> None:
     sample = read_image(f"{SHARED / 'pneumoniamnist' / 'pneumoniamnist.npz'}#test/0")
     results: dict[str, Any] = {}
@@ -262,9 +299,11 @@ def main() -> None:
         earlier = RESULTS / "serving.json"
         if earlier.is_file():
             results = {**json.loads(earlier.read_text()).get("models", {}), **results}
+    floor = _floor(data)
     write_result(
         "serving",
         {
+            "http_floor": floor,
             "description": (
                 "predict over loopback HTTP (multipart upload, and the PNG as the raw body: "
                 "http_raw_body) vs decode + preprocess + ONNX Runtime in-process "
@@ -272,7 +311,9 @@ def main() -> None:
                 "one PneumoniaMNIST test PNG, untrained "
                 f"weights); throughput with {list(CLIENTS)} keep-alive clients for {SECONDS:g} s "
                 "each, coroutines in a separate client process (batch window 0 ms: a batch is "
-                f"whatever is queued), with 1 server process and with --workers {WORKERS}"
+                f"whatever is queued), with 1 server process and with --workers {WORKERS}; "
+                "http_floor: the same uploads to a uvicorn + Starlette route that only parses "
+                "them (benchmarks.echo_server), the overhead no service avoids"
             ),
             "models": results,
         },
