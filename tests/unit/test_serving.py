@@ -233,6 +233,10 @@ def test_bad_inputs_get_a_4xx_with_one_line(client: TestClient, tmp_path: Path) 
     nifti = write_image(
         MedicalImage(np.zeros((1, 8, 8, 8), np.float32)), tmp_path / "vol.nii.gz"
     ).read_bytes()
+    secret = tmp_path / "secret.raw"  # a server file a header could point the reader at
+    secret.write_bytes(bytes(range(256)) * 2)
+    meta = "ObjectType = Image\nNDims = 3\nDimSize = 8 8 8\nElementType = MET_UCHAR\n"
+    nrrd = "NRRD0004\ntype: uint8\ndimension: 3\nsizes: 8 8 8\nencoding: raw\n"
     cases = {
         "not an image": (b"hello, world", "notes.txt", 422),
         "corrupt DICOM": (dicom_like, "x.dcm", 422),
@@ -240,6 +244,9 @@ def test_bad_inputs_get_a_4xx_with_one_line(client: TestClient, tmp_path: Path) 
         "wrong dimensionality": (nifti, "vol.nii.gz", 422),
         "empty upload": (b"", "empty.png", 400),
         "corrupt zip": (b"PK\x03\x04broken", "x.zip", 400),
+        "detached MetaImage": (f"{meta}ElementDataFile = {secret}\n".encode(), "x.mhd", 400),
+        "detached, as .mha": (f"{meta}ElementDataFile = {secret}\n".encode(), "x.mha", 400),
+        "detached NRRD": (f"{nrrd}data file: {secret}\n\n".encode(), "x.nhdr", 400),
         "corrupt MHA": (b"ObjectType = Image\nNDims = 3\nDimSize = 9 9\n", "x.mha", 422),
         "corrupt NRRD": (b"NRRD0004\ntype: float\ndimension: 3\nsizes: 2 2\n\n", "x.nrrd", 422),
     }

@@ -192,6 +192,8 @@ def _read_on_disk(data: bytes, name: str, workdir: Path, limits: Limits) -> Medi
     path.write_bytes(data)
     if suffix not in KNOWN_SUFFIXES:  # a raw body or a renamed file: name it by its content
         path = path.rename(workdir / f"upload{_content_suffix(path, data)}")
+    if detect_format(path) == "itk":
+        _refuse_detached(data, name)
     check_pixels([path], limits, name)
     return read_image(path)
 
@@ -209,6 +211,25 @@ def _content_suffix(path: Path, data: bytes) -> str:
     if kind == "itk":
         return ".nrrd" if data.startswith(b"NRRD") else ".mha"
     return ""
+
+
+def _refuse_detached(data: bytes, name: str) -> None:
+    """Refuse MetaImage/NRRD headers whose pixels live in another file: the reader would open
+    whatever path the client wrote there, on the server."""
+    if data.startswith(b"NRRD"):  # the header ends at the first blank line
+        fields = [
+            line.split(b":", 1)[0].strip().lower()
+            for line in data[:65536].split(b"\n\n", 1)[0].splitlines()
+        ]
+        detached = b"data file" in fields or b"datafile" in fields
+    else:  # MetaImage: ElementDataFile is the last header line
+        found = re.search(rb"^\s*ElementDataFile\s*=\s*(\S+)", data[:65536], re.M | re.I)
+        detached = found is not None and found.group(1).lower() != b"local"
+    if detached:
+        raise UploadError(
+            400,
+            f"{name}: the header names a separate data file (upload a single-file .mha or .nrrd)",
+        )
 
 
 @contextmanager
