@@ -353,6 +353,21 @@ def test_reading_by_reference_stays_inside_allowed_folders(
         "/v1/models/chest2d/predict", headers=AUTH, json={"path": str(allowed / "no.png")}
     )
     assert missing.status_code == 404
+    # a MetaImage header's data file must lie inside the allowed folders too
+    voxels = bytes(range(256)) * 2
+    (allowed / "inside.raw").write_bytes(voxels)
+    (tmp_path / "secret.raw").write_bytes(voxels)
+    meta = "ObjectType = Image\nNDims = 3\nDimSize = 8 8 8\nElementType = MET_UCHAR\n"
+    for name, target, status in (
+        ("ok.mhd", "inside.raw", 200),
+        ("out.mhd", str(tmp_path / "secret.raw"), 403),
+        ("up.mhd", "../secret.raw", 403),
+    ):
+        (allowed / name).write_text(f"{meta}ElementDataFile = {target}\n")
+        response = client.post(
+            "/v1/models/chest3d/predict", headers=AUTH, json={"path": str(allowed / name)}
+        )
+        assert response.status_code == status, (name, response.text)
 
 
 def test_reference_reading_is_off_by_default(models: tuple[Path, Path], tmp_path: Path) -> None:

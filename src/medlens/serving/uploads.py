@@ -213,22 +213,39 @@ def _content_suffix(path: Path, data: bytes) -> str:
     return ""
 
 
+def detached_file(header: bytes) -> str | None:
+    """The separate data file a MetaImage/NRRD header names (None when the pixels follow the
+    header): the reader opens that path, wherever it points."""
+    if header.startswith(b"NRRD"):  # fields end at the first blank line
+        for line in header[:65536].split(b"\n\n", 1)[0].splitlines():
+            key, _, value = line.partition(b":")
+            if key.strip().lower() in (b"data file", b"datafile"):
+                return value.strip().decode(errors="replace")
+        return None
+    found = re.search(rb"^\s*ElementDataFile\s*=\s*(.+?)\s*$", header[:65536], re.M | re.I)
+    if found is None or found.group(1).lower() == b"local":
+        return None
+    return found.group(1).decode(errors="replace")
+
+
 def _refuse_detached(data: bytes, name: str) -> None:
-    """Refuse MetaImage/NRRD headers whose pixels live in another file: the reader would open
-    whatever path the client wrote there, on the server."""
-    if data.startswith(b"NRRD"):  # the header ends at the first blank line
-        fields = [
-            line.split(b":", 1)[0].strip().lower()
-            for line in data[:65536].split(b"\n\n", 1)[0].splitlines()
-        ]
-        detached = b"data file" in fields or b"datafile" in fields
-    else:  # MetaImage: ElementDataFile is the last header line
-        found = re.search(rb"^\s*ElementDataFile\s*=\s*(\S+)", data[:65536], re.M | re.I)
-        detached = found is not None and found.group(1).lower() != b"local"
-    if detached:
+    if detached_file(data) is not None:
         raise UploadError(
             400,
             f"{name}: the header names a separate data file (upload a single-file .mha or .nrrd)",
+        )
+
+
+def _check_detached(path: Path, allowed: list[Path]) -> None:
+    """A referenced MetaImage/NRRD header may name a data file only inside ``allowed``."""
+    with path.open("rb") as fh:
+        named = detached_file(fh.read(65536))
+    if named is None:
+        return
+    target = (path.parent / named).resolve()
+    if named.split()[0] != named or not any(target.is_relative_to(d) for d in allowed):
+        raise UploadError(
+            403, f"{path.name}: its data file is outside the folders this server may read"
         )
 
 
@@ -268,6 +285,8 @@ def read_reference(raw: str, allowed: list[Path], limits: Limits) -> tuple[Medic
     digest = hashlib.sha256()
     for path in files:
         digest.update(path.read_bytes())
+        if path.suffix.lower() in {".mhd", ".mha", ".nhdr", ".nrrd"}:
+            _check_detached(path, allowed)
     check_pixels(files, limits, name)
     try:
         image = read_image(resolved)
