@@ -140,10 +140,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=PROTOCOLS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--budget", type=float, default=600.0)
+    parser.add_argument("--keep", type=Path, help="keep the run folders (models) here")
     args = parser.parse_args(argv)
     path = RESULTS / f"{NAME}.json"
     datasets: dict[str, Any] = json.loads(path.read_text())["datasets"] if path.exists() else {}
     with tempfile.TemporaryDirectory() as tmp:
+        work = args.keep or Path(tmp)
         for dataset in args.datasets:
             entry = datasets.setdefault(dataset, {"runs": []})
             for seed in args.seeds:  # protocols interleaved: machine drift hits both alike
@@ -154,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
                     }
                     if (protocol, seed, args.budget, commit()) in done:
                         continue
-                    entry["runs"].append(run_one(dataset, protocol, seed, args.budget, Path(tmp)))
+                    entry["runs"].append(run_one(dataset, protocol, seed, args.budget, work))
                     entry["summary"] = summarise(entry["runs"])
                     write_result(
                         NAME,

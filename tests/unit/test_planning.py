@@ -178,6 +178,16 @@ def test_mixup_is_an_option_the_plan_leaves_off(plan: Plan) -> None:
         plan.with_overrides({"mixup": -0.2})
 
 
+def test_small_inputs_get_test_time_shifts(plan: Plan) -> None:
+    from medlens.planning.planner import tta_shift_for
+
+    assert plan.tta_shift == 1  # 24 px: one voxel is 4 % of the field of view
+    assert tta_shift_for([28, 28, 28]) == 1 and tta_shift_for([128, 128]) == 0
+    assert plan.with_overrides({"tta_shift": 0}).tta_shift == 0  # `--set tta_shift=0`
+    with pytest.raises(ConfigError, match="tta_shift"):
+        plan.with_overrides({"tta_shift": -1})
+
+
 def test_imbalance_gets_class_weights() -> None:
     from medlens.planning.planner import loss_for
 

@@ -224,7 +224,10 @@ def train_command(
         ),
     ] = None,
     tta: Annotated[
-        bool, typer.Option("--tta", help="Test-time augmentation (flips of the last axis).")
+        bool,
+        typer.Option(
+            "--tta", help="Add flips of the last axis to the test-time views (the plan shifts)."
+        ),
     ] = False,
     init_from: Annotated[
         Path | None,
@@ -294,14 +297,22 @@ def evaluate_command(
         ),
     ] = None,
     tta: Annotated[
-        bool | None, typer.Option("--tta/--no-tta", help="Test-time flips (default: as trained).")
+        bool | None,
+        typer.Option(
+            "--tta/--no-tta",
+            help="Test-time views: --tta adds flips of the last axis, --no-tta scores the image "
+            "alone (default: as trained).",
+        ),
     ] = None,
     resamples: Annotated[int, typer.Option(help="Bootstrap resamples for the CIs.")] = 1000,
 ) -> None:
     """Evaluate a model on DATA: metrics with 95% CIs, calibration, report.html."""
+    from dataclasses import replace
+
     from medlens.evaluation.artifact_eval import evaluate_artifact
     from medlens.evaluation.report import write_report
     from medlens.inference import load_artifact
+    from medlens.models.tta import NO_TTA
     from medlens.training.run import gallery
 
     artifact = load_artifact(model_dir)
@@ -312,7 +323,7 @@ def evaluate_command(
         split=split,
         cache_dir=cache_dir() / "arrays",
         sensitivity=sensitivity,
-        tta_flips=None if tta is None else ((-1,) if tta else ()),
+        tta=None if tta is None else (replace(artifact.tta, flips=(-1,)) if tta else NO_TTA),
         resamples=resamples,
     )
     out = out or artifact.folder.parent / f"evaluation-{split}"

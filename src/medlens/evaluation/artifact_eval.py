@@ -11,6 +11,7 @@ from medlens.data.manifest import Manifest
 from medlens.errors import ConfigError
 from medlens.evaluation.evaluate import OperatingPoint, SplitScores, evaluate_scores
 from medlens.inference.artifact import Artifact
+from medlens.models.tta import TTA
 from medlens.training.data import PreparedData, prepare_data
 
 
@@ -20,12 +21,12 @@ def artifact_scores(
     split: str,
     *,
     device: str = "cpu",
-    tta_flips: tuple[int, ...] = (),
+    tta: TTA | None = None,
 ) -> SplitScores:
     idx = np.sort(data.indices(split))
     if len(idx) == 0:
         raise ConfigError(f"the data has no rows in split {split!r}")
-    logits = artifact.logits(data.images(idx), device=device, tta_flips=tta_flips)
+    logits = artifact.logits(data.images(idx), device=device, tta=tta)
     groups = [data.manifest.rows[i]["patient_id"] for i in idx]
     return SplitScores(split, idx, data.targets[idx], logits, groups)
 
@@ -37,14 +38,15 @@ def evaluate_artifact(
     split: str,
     cache_dir: str | Path,
     sensitivity: float | None = None,
-    tta_flips: tuple[int, ...] | None = None,
+    tta: TTA | None = None,
     resamples: int = 1000,
     device: str = "cpu",
 ) -> tuple[dict[str, Any], PreparedData, SplitScores]:
     """Metrics of ``artifact`` on ``split``; rows without a split count as ``split``.
 
     The stored temperature and threshold are used unchanged, unless ``sensitivity`` asks for a
-    new operating point, which is then chosen on the data's validation split.
+    new operating point, which is then chosen on the data's validation split. ``tta`` replaces
+    the test-time views the artifact was fitted with (None: those).
     """
     rows = [r if r.get("split") else {**r, "split": split} for r in manifest.rows]
     manifest = Manifest(rows, manifest.root)
@@ -56,12 +58,7 @@ def evaluate_artifact(
         in_channels=artifact.in_channels,
         check_leakage=False,
     )
-    flips = (
-        tuple(artifact.meta["operating_point"].get("tta_flips", ()))
-        if tta_flips is None
-        else tta_flips
-    )
-    test = artifact_scores(artifact, data, split, device=device, tta_flips=flips)
+    test = artifact_scores(artifact, data, split, device=device, tta=tta)
     stored = artifact.meta["operating_point"]
     op = (
         None
@@ -78,7 +75,7 @@ def evaluate_artifact(
             raise ConfigError(
                 "--sensitivity needs a validation split in the data to choose the threshold on"
             )
-        val = artifact_scores(artifact, data, "val", device=device, tta_flips=flips)
+        val = artifact_scores(artifact, data, "val", device=device, tta=tta)
     metrics = evaluate_scores(
         val, test, artifact.labels, operating_point=op, sensitivity=sensitivity, resamples=resamples
     )

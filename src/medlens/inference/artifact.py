@@ -28,6 +28,7 @@ from medlens.errors import ArtifactError, ConfigError, DataError
 from medlens.io import MedicalImage
 from medlens.models import MedlensModel, model_from_spec
 from medlens.models.forward import batched_logits, to_probabilities
+from medlens.models.tta import TTA
 from medlens.serialization import load_weights, save_weights
 from medlens.transforms import Channels
 from medlens.transforms.base import Pipeline
@@ -140,11 +141,18 @@ class Artifact:
             image = Channels(self.in_channels)(image)
         return self.pipeline(image)
 
+    @property
+    def tta(self) -> TTA:
+        """The test-time views the operating point was fitted with."""
+        return TTA.from_meta(self.meta["operating_point"])
+
     def logits(
-        self, batch: NDArray[np.float32], *, device: str = "cpu", tta_flips: tuple[int, ...] = ()
+        self, batch: NDArray[np.float32], *, device: str = "cpu", tta: TTA | None = None
     ) -> NDArray[np.float32]:
-        """Mean logits of the members for a preprocessed batch (N, C, *spatial)."""
-        outs = [batched_logits(m, batch, device=device, tta_flips=tta_flips) for m in self.members]
+        """Mean logits of the members for a preprocessed batch (N, C, *spatial), over the
+        artifact's own test-time views unless ``tta`` says otherwise."""
+        tta = self.tta if tta is None else tta
+        outs = [batched_logits(m, batch, device=device, tta=tta) for m in self.members]
         mean: NDArray[np.float32] = np.mean(outs, axis=0).astype(np.float32)
         return mean
 

@@ -62,7 +62,7 @@ class Engine:
         if precision == "int8" and backend == "torch":
             raise ConfigError("INT8 models run on ONNX Runtime; use --backend onnx or auto")
         self.artifact = artifact
-        self.flips = tuple(artifact.meta["operating_point"].get("tta_flips", ()))
+        self.tta = artifact.tta
         self._model = combined(artifact.members).eval()
         self._lock = threading.Lock()  # torch modules are not re-entrant under hooks
         self._session: Any = None
@@ -111,16 +111,12 @@ class Engine:
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         if self._session is None:
             with self._lock:
-                return batched_logits(self._model, batch, tta_flips=self.flips)
-        views = [batch] + [
-            np.ascontiguousarray(np.flip(batch, axis=a if a < 0 else 2 + a)) for a in self.flips
-        ]
-        outs = [self._session.run(None, {"image": v})[0] for v in views]
-        mean: NDArray[np.float32] = np.mean(outs, axis=0).astype(np.float32)
-        return mean
+                return batched_logits(self._model, batch, tta=self.tta)
+        session = self._session
+        return self.tta.run(lambda views: session.run(None, {"image": views})[0], batch)
 
     @torch.no_grad()
     def torch_logits(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
         """The same through torch (a parity reference)."""
         with self._lock:
-            return batched_logits(self._model, batch, tta_flips=self.flips)
+            return batched_logits(self._model, batch, tta=self.tta)

@@ -59,14 +59,12 @@ class QuantizationReport:
 
 
 def _probabilities(artifact: Artifact, session: Any, images: NDArray[np.float32]) -> Any:
-    flips = tuple(artifact.meta["operating_point"].get("tta_flips", ()))
+    tta = artifact.tta
+    per_batch = max(1, CALIBRATION_BATCH // tta.count(images.ndim - 2))
     logits = []
-    for start in range(0, len(images), CALIBRATION_BATCH):
-        batch = np.ascontiguousarray(images[start : start + CALIBRATION_BATCH])
-        views = [batch] + [
-            np.ascontiguousarray(np.flip(batch, axis=a if a < 0 else 2 + a)) for a in flips
-        ]
-        logits.append(np.mean([session.run(None, {"image": v})[0] for v in views], axis=0))
+    for start in range(0, len(images), per_batch):
+        batch = images[start : start + per_batch]
+        logits.append(tta.run(lambda views: session.run(None, {"image": views})[0], batch))
     return artifact.probabilities(np.concatenate(logits).astype(np.float32))
 
 

@@ -10,6 +10,8 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
+from medlens.models.tta import NO_TTA, TTA
+
 
 @torch.no_grad()
 def batched_logits(
@@ -18,18 +20,17 @@ def batched_logits(
     *,
     batch_size: int = 64,
     device: str | torch.device = "cpu",
-    tta_flips: tuple[int, ...] = (),
+    tta: TTA = NO_TTA,
 ) -> NDArray[np.float32]:
-    """Logits (N, K) in eval mode; ``tta_flips`` averages over flips of those spatial axes
-    (0-based, negative from the end)."""
+    """Logits (N, K) in eval mode, averaged over the views ``tta`` makes of each image."""
     model.eval()
     out = []
-    for start in range(0, len(images), batch_size):
-        chunk = images[start : start + batch_size]
+    per_chunk = max(1, batch_size // tta.count(images.ndim - 2))  # views share the batch
+    for start in range(0, len(images), per_chunk):
+        chunk = images[start : start + per_chunk]
         x = chunk if isinstance(chunk, torch.Tensor) else torch.from_numpy(np.asarray(chunk))
         x = x.to(device, torch.float32)
-        views = [x] + [torch.flip(x, dims=(axis if axis < 0 else 2 + axis,)) for axis in tta_flips]
-        logits = torch.stack([model(v).float() for v in views]).mean(dim=0)
+        logits = tta.mean(model(tta.views(x)).float(), len(x))
         out.append(logits.cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 

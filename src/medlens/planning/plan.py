@@ -48,6 +48,9 @@ class Plan:
     #: (benchmarks/bench_protocol.py runs at commit bba3293; README, classification quality)
     mixup: float = 0.0
     augmentation: dict[str, Any] = field(default_factory=dict)
+    #: test-time shifts in voxels (0: off): validation, test and every later prediction average
+    #: the logits of the image moved by -n, 0 and +n on each axis (medlens.models.tta)
+    tta_shift: int = 0
     patience: int = 15
     min_epochs: int = 0
     ema_decay: float = 0.0
@@ -88,6 +91,8 @@ class Plan:
             raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if not 0.0 <= self.mixup <= 10.0:
             raise ConfigError(f"mixup must be in [0, 10] (Beta's alpha; 0 = off), got {self.mixup}")
+        if not 0 <= self.tta_shift <= 8:
+            raise ConfigError(f"tta_shift must be 0 (off) to 8 voxels, got {self.tta_shift}")
         if self.min_epochs < 0 or self.patience < 1 or self.max_members < 1:
             raise ConfigError("min_epochs must be >= 0, patience and max_members >= 1")
         if self.folds == 1 or self.folds < 0:

@@ -27,6 +27,7 @@ from medlens.inference.artifact import load_artifact, save_artifact
 from medlens.models import MedlensModel
 from medlens.models.forward import batched_logits, to_probabilities
 from medlens.models.transfer import load_backbone
+from medlens.models.tta import TTA
 from medlens.planning import Plan, make_plan
 from medlens.training.data import PreparedData, prepare_data
 from medlens.training.members import member_plan, spent_seconds
@@ -68,13 +69,11 @@ def ensure_splits(manifest: Manifest, *, seed: int = 0) -> tuple[Manifest, str]:
 
 
 def _scores(
-    data: PreparedData, split: str, members: list[MedlensModel], device: str, tta: tuple[int, ...]
+    data: PreparedData, split: str, members: list[MedlensModel], device: str, tta: TTA
 ) -> SplitScores:
     idx = np.sort(data.indices(split))
     images = data.images(idx)
-    logits = np.mean(
-        [batched_logits(m, images, device=device, tta_flips=tta) for m in members], axis=0
-    )
+    logits = np.mean([batched_logits(m, images, device=device, tta=tta) for m in members], axis=0)
     groups = [data.manifest.rows[i]["patient_id"] for i in idx]
     return SplitScores(split, idx, data.targets[idx], logits.astype(np.float32), groups)
 
@@ -166,7 +165,7 @@ class _Context:
     device: str
     resume: bool
     tensorboard: bool
-    tta_flips: tuple[int, ...]
+    tta: TTA
     on_event: Event | None
 
 
@@ -260,7 +259,7 @@ def _train_folds(
             _fold_manifest(folded, fold), ctx.labels, ctx.plan.pipeline(), ctx.cache_dir
         )
         results.append(_fit(ctx, fold_data, ctx.run_dir / f"fold{fold}", ctx.plan.budget_s / folds))
-        parts.append(_scores(fold_data, "val", [results[-1].model], ctx.device, ctx.tta_flips))
+        parts.append(_scores(fold_data, "val", [results[-1].model], ctx.device, ctx.tta))
     val = SplitScores(
         "val (out-of-fold)",
         np.concatenate([p.indices for p in parts]),
@@ -295,7 +294,7 @@ def _save_outputs(
             "temperature": metrics["temperature"],
             "threshold": metrics["threshold"],
             "method": metrics["threshold_method"],
-            "tta_flips": list(ctx.tta_flips),
+            **ctx.tta.to_meta(),
         },
         metrics={"test": headline, "ci": metrics["test"]["ci"], "n_test": metrics["test"]["n"]},
         data_hash=data.data_hash,
@@ -339,7 +338,8 @@ def train_run(
     """Train, evaluate on test, and write ``plan.json``, ``metrics.json``, ``report.html`` and
     ``model/`` into ``run_dir``. ``folds=k`` trains k fold models and ships their ensemble
     (None: as the plan says); without folds, budget that early stopping leaves trains more
-    members (``plan.max_members``).
+    members (``plan.max_members``). Validation and test are scored over the plan's test-time
+    shifts (``plan.tta_shift``) plus flips of ``tta_flips``; the artifact predicts the same way.
 
     Example:
         >>> result = train_run(load_manifest("pneumoniamnist.npz"), "runs/pneu", cache_dir=".cache", budget_s=300)  # doctest: +SKIP
@@ -375,7 +375,7 @@ def train_run(
         pick_device(device),
         resume,
         tensorboard,
-        tta_flips,
+        TTA(tta_flips, plan.tta_shift),
         on_event,
     )
     stage(f"preprocessing into the cache ({len(manifest)} images)")
@@ -384,9 +384,9 @@ def train_run(
         results, val = _train_folds(ctx, manifest, folds, seed, stage)
     else:
         results = _train_members(ctx, data, stage)
-        val = _scores(data, "val", [r.model for r in results], ctx.device, tta_flips)
+        val = _scores(data, "val", [r.model for r in results], ctx.device, ctx.tta)
     stage("evaluating on the test split")
-    test = _scores(data, "test", [r.model for r in results], ctx.device, tta_flips)
+    test = _scores(data, "test", [r.model for r in results], ctx.device, ctx.tta)
     metrics = evaluate_scores(
         val, test, labels, sensitivity=sensitivity, resamples=resamples, seed=seed
     )
@@ -400,7 +400,7 @@ def train_run(
         "device": ctx.device,
         "folds": folds,
         "members": len(results),
-        "tta_flips": list(tta_flips),
+        **ctx.tta.to_meta(),
         "split": how,
     }
     title = title or f"medlens: {plan.model} on {manifest.root.name or 'data'}"
