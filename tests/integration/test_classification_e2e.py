@@ -83,6 +83,10 @@ def test_training_learned_and_wrote_everything(trained: tuple[Path, dict[str, ob
     assert meta["labels"]["classes"] == ["nodule", "normal"]
     assert meta["data_hash"] and meta["versions"]["torch"]
     assert meta["operating_point"]["threshold"] == metrics["threshold"]
+    # 40 px phantoms: scored over the 9 one-pixel shifts, and the artifact predicts the same way
+    training = metrics["training"]
+    assert isinstance(training, dict)
+    assert meta["operating_point"]["tta_shift"] == 1 == training["tta_shift"]
 
 
 def test_evaluate_reuses_the_frozen_operating_point(

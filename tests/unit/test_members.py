@@ -51,6 +51,13 @@ def test_unspent_budget_buys_a_member_with_a_compressed_schedule() -> None:
     assert second is not None and second.epochs == 10 and second.seed == plan.seed + 2 * SEED_STRIDE
 
 
+def test_time_kept_back_for_scoring_is_not_trained() -> None:
+    first = _result(30, 10.0)  # 300 s of 600 spent
+    member = member_plan(_plan(), [first], reserved_s=100.0)  # scoring this one and the next
+    assert member is not None and member.epochs == 20
+    assert member_plan(_plan(), [first], reserved_s=260.0) is None  # 40 s buys 4 epochs
+
+
 def test_a_member_never_gets_more_epochs_than_the_plan() -> None:
     member = member_plan(_plan(epochs=12, min_epochs=6), [_result(8, 1.0)])
     assert member is not None and member.epochs == 12

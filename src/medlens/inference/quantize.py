@@ -59,13 +59,10 @@ class QuantizationReport:
 
 
 def _probabilities(artifact: Artifact, session: Any, images: NDArray[np.float32]) -> Any:
-    tta = artifact.tta
-    per_batch = max(1, CALIBRATION_BATCH // tta.count(images.ndim - 2))
-    logits = []
-    for start in range(0, len(images), per_batch):
-        batch = images[start : start + per_batch]
-        logits.append(tta.run(lambda views: session.run(None, {"image": views})[0], batch))
-    return artifact.probabilities(np.concatenate(logits).astype(np.float32))
+    logits = artifact.tta.run(
+        lambda views: session.run(None, {"image": views})[0], images, max_views=CALIBRATION_BATCH
+    )
+    return artifact.probabilities(logits)
 
 
 def calibration_split(

@@ -25,9 +25,11 @@ def spent_seconds(results: Sequence[TrainResult]) -> float:
     return float(sum(row["seconds"] for r in results for row in r.history))
 
 
-def member_plan(plan: Plan, results: Sequence[TrainResult]) -> Plan | None:
+def member_plan(plan: Plan, results: Sequence[TrainResult], reserved_s: float = 0.0) -> Plan | None:
     """The plan of the next member, or None when ``plan.max_members`` are trained, the first
-    member did not stop early, or the unspent budget affords too few epochs.
+    member did not stop early, or the unspent budget less ``reserved_s`` (scoring the members:
+    27 test-time views of every validation and test volume take tens of seconds) affords too
+    few epochs.
 
     Too few is under a third of the epochs the first member ran: a much shorter schedule gives a
     member weak enough to pull the average down.
@@ -38,7 +40,7 @@ def member_plan(plan: Plan, results: Sequence[TrainResult]) -> Plan | None:
     if first.stopped != "early_stopping" or not first.history:
         return None
     epoch_s = statistics.median(float(row["seconds"]) for row in first.history)
-    left = plan.budget_s - spent_seconds(results)
+    left = plan.budget_s - spent_seconds(results) - reserved_s
     epochs = min(plan.epochs, int(left / max(epoch_s, 1e-6)))
     if epochs < max(MIN_MEMBER_EPOCHS, math.ceil(len(first.history) / 3)):
         return None

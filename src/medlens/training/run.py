@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -227,24 +228,41 @@ def _fit(
 
 def _train_members(
     ctx: _Context, data: PreparedData, stage: Callable[[str], None]
-) -> list[TrainResult]:
-    """The planned model, then more members while the unspent budget affords them."""
+) -> tuple[list[TrainResult], SplitScores, SplitScores]:
+    """The planned model, then more members while the unspent budget affords them. Each member
+    is scored on val and test when it is done; what scoring took so far, plus as much again for
+    the next member, is kept back from that member's training. Returns the results and the
+    ensemble's val and test scores."""
     plan = ctx.plan
     stage(f"training {plan.model} for up to {plan.epochs} epochs on {ctx.device}")
     results = [_fit(ctx, data, ctx.run_dir, plan.budget_s)]
+    vals, tests, scoring_s = [], [], []
     while True:
+        tic = time.monotonic()
+        vals.append(_scores(data, "val", [results[-1].model], ctx.device, ctx.tta))
+        tests.append(_scores(data, "test", [results[-1].model], ctx.device, ctx.tta))
+        scoring_s.append(time.monotonic() - tic)
+        reserved = sum(scoring_s) + scoring_s[-1]
         out = ctx.run_dir / f"member{len(results)}"
         saved = out / "plan.json"
-        member = Plan.load(saved) if ctx.resume and saved.exists() else member_plan(plan, results)
+        resumed = ctx.resume and saved.exists()
+        member = Plan.load(saved) if resumed else member_plan(plan, results, reserved)
         if member is None:
-            return results
+            return results, _ensemble(vals), _ensemble(tests)
         member.save(saved)
-        left = plan.budget_s - spent_seconds(results)
+        left = plan.budget_s - spent_seconds(results) - reserved
         stage(
             f"training ensemble member {len(results) + 1} for up to {member.epochs} epochs "
-            f"(early stopping left {left:.0f} s of the budget)"
+            f"(early stopping left {left:.0f} s of the budget, less scoring)"
         )
         results.append(_fit(ctx, data, out, max(left, 0.0), member))
+
+
+def _ensemble(parts: list[SplitScores]) -> SplitScores:
+    """The members' scores of one split averaged (their logits, as the artifact does)."""
+    first = parts[0]
+    logits = np.mean([p.logits for p in parts], axis=0).astype(np.float32)
+    return SplitScores(first.split, first.indices, first.targets, logits, first.groups)
 
 
 def _train_folds(
@@ -382,11 +400,10 @@ def train_run(
     data = prepare_data(manifest, labels, plan.pipeline(), cache_dir, in_channels=plan.in_channels)
     if folds:
         results, val = _train_folds(ctx, manifest, folds, seed, stage)
+        stage("evaluating on the test split")
+        test = _scores(data, "test", [r.model for r in results], ctx.device, ctx.tta)
     else:
-        results = _train_members(ctx, data, stage)
-        val = _scores(data, "val", [r.model for r in results], ctx.device, ctx.tta)
-    stage("evaluating on the test split")
-    test = _scores(data, "test", [r.model for r in results], ctx.device, ctx.tta)
+        results, val, test = _train_members(ctx, data, stage)
     metrics = evaluate_scores(
         val, test, labels, sensitivity=sensitivity, resamples=resamples, seed=seed
     )
