@@ -14,6 +14,7 @@ from medlens.data.builders import load_sample
 from medlens.data.labels import LabelSpec
 from medlens.data.manifest import Manifest
 from medlens.errors import DataError
+from medlens.models.precision import native_bf16
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,8 @@ class HardwareFingerprint:
     torch_threads: int
     gpu: str | None
     gpu_memory_gb: float | None
+    #: the CPU computes bfloat16 natively, so training on it runs in mixed precision
+    bf16: bool = False
 
     @property
     def device(self) -> str:
@@ -71,7 +74,7 @@ def hardware_fingerprint() -> HardwareFingerprint:
         props = torch.cuda.get_device_properties(0)
         gpu, memory = props.name, round(props.total_memory / 2**30, 1)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return HardwareFingerprint(cores or 1, torch.get_num_threads(), gpu, memory)
+    return HardwareFingerprint(cores or 1, torch.get_num_threads(), gpu, memory, native_bf16())
 
 
 def fingerprint_dataset(

@@ -58,6 +58,7 @@ class Plan:
     folds: int = 0
     seed: int = 0
     budget_s: float = 600.0
+    #: autocast: float16 on CUDA, bfloat16 on CPUs with native support (medlens.models.precision)
     mixed_precision: bool = True
     init_from: str | None = None
     freeze_backbone: bool = False

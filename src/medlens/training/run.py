@@ -27,6 +27,7 @@ from medlens.explain import relevance_maps
 from medlens.inference.artifact import load_artifact, save_artifact
 from medlens.models import MedlensModel
 from medlens.models.forward import batched_logits, to_probabilities
+from medlens.models.precision import autocast_dtype, precision_name
 from medlens.models.transfer import load_backbone
 from medlens.models.tta import TTA
 from medlens.planning import Plan, make_plan
@@ -415,6 +416,7 @@ def train_run(
         "seconds": round(sum(r.seconds for r in results), 1),
         "seed": plan.seed,
         "device": ctx.device,
+        "precision": precision_name(autocast_dtype(ctx.device, plan.mixed_precision)),
         "folds": folds,
         "members": len(results),
         **ctx.tta.to_meta(),

@@ -28,6 +28,7 @@ from medlens.losses import make_loss
 from medlens.metrics import roc_auc
 from medlens.models import MedlensModel, create_model
 from medlens.models.forward import batched_logits, to_probabilities
+from medlens.models.precision import autocast, autocast_dtype
 from medlens.planning.plan import Plan
 from medlens.serialization import load_state, load_weights, save_state, save_weights
 from medlens.training.averaging import WeightAverage
@@ -198,8 +199,9 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: self._multiplier(step)
         )
-        self.amp = plan.mixed_precision and self.device.startswith("cuda")
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.amp_dtype = autocast_dtype(self.device, plan.mixed_precision)
+        # float16 needs loss scaling against underflow; bfloat16 has float32's range
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.augment = plan.augment()
         self.average = WeightAverage(self.model, plan.ema_decay) if plan.ema_decay > 0 else None
 
@@ -296,7 +298,7 @@ class Trainer:
                 lam, partner = pairing
                 x = lam * x + (1 - lam) * x[partner]
             try:
-                with torch.autocast("cuda", enabled=self.amp):
+                with autocast(self.device, self.amp_dtype):
                     logits = self.model(x).float()
                 loss = self.loss_fn(logits, target)
                 if pairing is not None:  # each image's loss, weighted as its pixels were
