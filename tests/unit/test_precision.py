@@ -11,7 +11,12 @@ from medlens.data import load_manifest
 from medlens.data.labels import infer_labels
 from medlens.data.synthetic import write_chest_folder
 from medlens.models import precision
-from medlens.models.precision import autocast, autocast_dtype, precision_name
+from medlens.models.precision import (
+    autocast,
+    autocast_dtype,
+    guard_small_convolutions,
+    precision_name,
+)
 from medlens.planning import HardwareFingerprint, make_plan
 from medlens.training import Trainer, prepare_data
 from medlens.training.run import ensure_splits
@@ -58,3 +63,27 @@ def test_a_mixed_precision_run_keeps_float32_weights_and_finite_losses(
     assert all(p.dtype is torch.float32 for p in result.model.parameters())
     losses = [row["train_loss"] for row in result.history]
     assert all(torch.isfinite(torch.tensor(losses)))
+
+
+def test_convolutions_smaller_than_their_kernel_run_in_float32_inside_the_guard() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv3d(8, 8, 3, padding=1), torch.nn.Conv3d(8, 8, 1))
+    small = torch.relu(torch.randn(4, 8, 2, 2, 2))
+    model(small).square().mean().backward()
+    reference = model[0].weight.grad.clone()
+    model.zero_grad()
+    with autocast("cpu", torch.bfloat16), guard_small_convolutions(model, torch.bfloat16):
+        first = model[0](small)
+        assert first.dtype is torch.float32  # 2^3 input, 3^3 kernel: float32
+        assert model[1](first).dtype is torch.bfloat16  # a 1^3 kernel fits: bfloat16
+        model(small).float().square().mean().backward()
+    error = (model[0].weight.grad - reference).abs().max() / reference.abs().max()
+    assert error < 0.02
+    assert "forward" not in vars(model[0])  # the guard is gone after the block
+
+
+def test_the_guard_is_off_for_float32_and_float16() -> None:
+    conv = torch.nn.Conv2d(1, 1, 3)
+    for dtype in (None, torch.float16):
+        with guard_small_convolutions(conv, dtype):
+            assert "forward" not in vars(conv)

@@ -21,7 +21,7 @@ from medlens.data.labels import LabelSpec
 from medlens.data.manifest import Manifest
 from medlens.errors import ConfigError
 from medlens.models import create_model
-from medlens.models.precision import autocast, autocast_dtype
+from medlens.models.precision import autocast, autocast_dtype, guard_small_convolutions
 from medlens.planning.fingerprint import (
     DatasetFingerprint,
     HardwareFingerprint,
@@ -115,7 +115,7 @@ def measure_step(
         start = time.perf_counter()
         x = augment(batch, generator=generator).images.to(device)
         optimizer.zero_grad()
-        with autocast(device, amp_dtype):
+        with autocast(device, amp_dtype), guard_small_convolutions(model, amp_dtype):
             logits = model(x).float()
         F.cross_entropy(logits, y).backward()
         optimizer.step()

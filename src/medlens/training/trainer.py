@@ -28,7 +28,7 @@ from medlens.losses import make_loss
 from medlens.metrics import roc_auc
 from medlens.models import MedlensModel, create_model
 from medlens.models.forward import batched_logits, to_probabilities
-from medlens.models.precision import autocast, autocast_dtype
+from medlens.models.precision import autocast, autocast_dtype, guard_small_convolutions
 from medlens.planning.plan import Plan
 from medlens.serialization import load_state, load_weights, save_state, save_weights
 from medlens.training.averaging import WeightAverage
@@ -282,9 +282,15 @@ class Trainer:
         torch.manual_seed(seed)  # dropout
         generator = torch.Generator().manual_seed(seed)
         self.model.train()
+        mixing = np.random.default_rng(seed) if self.plan.mixup > 0 else None
+        with guard_small_convolutions(self.model, self.amp_dtype):
+            return self._train_batches(epoch, generator, mixing)
+
+    def _train_batches(
+        self, epoch: int, generator: torch.Generator, mixing: np.random.Generator | None
+    ) -> float:
         total, count, step = 0.0, 0, 0
         multilabel = self.data.labels.multilabel
-        mixing = np.random.default_rng(seed) if self.plan.mixup > 0 else None
         for idx, images in self.data.cached.batches(
             self.train_idx, self.plan.batch_size, generator=generator
         ):
