@@ -113,11 +113,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--datasets", nargs="+", default=list(FILES))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--budget", type=float, default=600.0)
-    parser.add_argument("--fresh", action="store_true", help="discard the recorded runs")
+    parser.add_argument(
+        "--fresh", action="store_true", help="discard the recorded runs of these datasets"
+    )
     args = parser.parse_args(argv)
     path = RESULTS / f"{NAME}.json"
-    previous = json.loads(path.read_text()) if path.exists() and not args.fresh else {}
+    previous = json.loads(path.read_text()) if path.exists() else {}
     datasets: dict[str, Any] = previous.get("datasets", {})
+    if args.fresh:  # the other datasets' runs stay on record
+        for dataset in args.datasets:
+            datasets.pop(dataset, None)
     with tempfile.TemporaryDirectory() as tmp:
         for dataset in args.datasets:
             entry = datasets.setdefault(dataset, {"runs": []})
