@@ -51,6 +51,12 @@ def test_unspent_budget_buys_a_member_with_a_compressed_schedule() -> None:
     assert second is not None and second.epochs == 10 and second.seed == plan.seed + 2 * SEED_STRIDE
 
 
+def test_a_schedule_completed_early_leaves_budget_for_a_member() -> None:
+    # the epoch cap, not early stopping, ended the first member at half the budget
+    member = member_plan(_plan(), [_result(30, 10.0, "completed")])
+    assert member is not None and member.epochs == 30
+
+
 def test_time_kept_back_for_scoring_is_not_trained() -> None:
     first = _result(30, 10.0)  # 300 s of 600 spent
     member = member_plan(_plan(), [first], reserved_s=100.0)  # scoring this one and the next
@@ -66,7 +72,6 @@ def test_a_member_never_gets_more_epochs_than_the_plan() -> None:
 @pytest.mark.parametrize(
     ("plan", "results", "why"),
     [
-        (_plan(), [_result(30, 10.0, "completed")], "the first member used its schedule"),
         (_plan(), [_result(30, 10.0, "deadline")], "the budget is spent"),
         (_plan(max_members=1), [_result(30, 10.0)], "ensembles switched off"),
         (_plan(max_members=2), [_result(30, 10.0), _result(5, 1.0)], "max_members reached"),

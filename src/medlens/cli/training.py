@@ -95,7 +95,7 @@ def _ensemble_text(plan: Plan) -> str:
     if plan.folds:
         return f"{plan.folds} fold models (cross-validation; out-of-fold operating point)"
     if plan.max_members > 1:
-        return f"up to {plan.max_members - 1} more member(s) in the budget early stopping leaves"
+        return f"up to {plan.max_members - 1} more member(s) in the budget the first model leaves unspent"
     return "one model"
 
 

@@ -254,7 +254,7 @@ def _train_members(
         left = plan.budget_s - spent_seconds(results) - reserved
         stage(
             f"training ensemble member {len(results) + 1} for up to {member.epochs} epochs "
-            f"(early stopping left {left:.0f} s of the budget, less scoring)"
+            f"({left:.0f} s of the budget left, less scoring)"
         )
         results.append(_fit(ctx, data, out, max(left, 0.0), member))
 
@@ -356,7 +356,7 @@ def train_run(
 ) -> RunResult:
     """Train, evaluate on test, and write ``plan.json``, ``metrics.json``, ``report.html`` and
     ``model/`` into ``run_dir``. ``folds=k`` trains k fold models and ships their ensemble
-    (None: as the plan says); without folds, budget that early stopping leaves trains more
+    (None: as the plan says); without folds, budget the first model leaves unspent trains more
     members (``plan.max_members``). Validation and test are scored over the plan's test-time
     shifts (``plan.tta_shift``) plus flips of ``tta_flips``; the artifact predicts the same way.
 
