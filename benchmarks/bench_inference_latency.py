@@ -1,8 +1,11 @@
-"""Inference latency per image: torch eager vs ONNX Runtime (fp32, and the INT8 model that
-`medlens export --int8` makes), batch 1 and 32, same model.
+"""Inference latency per image: torch eager vs ONNX Runtime (fp32, bf16 on OpenVINO where the
+CPU computes it natively, and the INT8 model that `medlens export --int8` makes), batch 1 and
+32, same model. Torch eager under bfloat16 autocast is timed beside it (``torch_bf16``) so the
+bf16 figures can be read against torch's own reduced precision, not only its float32.
 
 The models have random weights (latency does not depend on them); the INT8 calibration uses
-random inputs here. The quality cost of INT8 is measured on real data, not here (README).
+random inputs here. The quality cost of INT8 and bf16 is measured on real data, not here
+(README).
 ``onnxruntime`` / ``onnxruntime_int8`` are what `medlens serve|predict` run on this machine
 (``provider``: OpenVINO's for 3D models where installed, see
 :mod:`medlens.inference.providers`); the other variants are the alternatives it chose between:
@@ -24,7 +27,14 @@ from benchmarks.common import summary, timed, write_result
 from medlens.data.labels import LabelSpec
 from medlens.inference import load_artifact, save_artifact
 from medlens.inference.onnx import export_onnx
-from medlens.inference.providers import OPENVINO, Runtime, available, runtime_for
+from medlens.inference.providers import (
+    OPENVINO,
+    Runtime,
+    available,
+    bf16_available,
+    openvino_runtime,
+    runtime_for,
+)
 from medlens.inference.quantize import INT8_FILE, quantize_artifact
 from medlens.models import create_model
 
@@ -74,6 +84,8 @@ def _sessions(
         runtimes["cpu_conv3d"] = Runtime(("CPUExecutionProvider",), unroll_3d=False)
     elif OPENVINO in available():
         runtimes["openvino"] = runtime_for(dims, openvino=True)
+    if bf16_available():
+        runtimes["onnxruntime_bf16"] = openvino_runtime(bf16=True)
     sessions = {}
     for name, runtime in runtimes.items():
         path = export_onnx([model], shape, folder / f"{name}.onnx", unroll_3d=runtime.unroll_3d)
@@ -104,11 +116,17 @@ def main() -> None:
                 def per_image_ms(run: Callable[[], object]) -> float:
                     return summary(timed(run, repeats, warmup=2))["median_s"] / batch * 1000
 
+                def eager_bf16() -> None:
+                    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+                        model(xt)
+
                 eager_ms = per_image_ms(eager)
                 row: dict[str, Any] = {
                     "torch_eager_ms_per_image": round(eager_ms, 3),
                     "provider": provider,
                 }
+                if bf16_available():
+                    row["torch_bf16_ms_per_image"] = round(per_image_ms(eager_bf16), 3)
                 for variant, session in sessions.items():
                     ms = per_image_ms(lambda s=session: s.run(None, {"image": x}))
                     served = variant.startswith("onnxruntime")
@@ -119,15 +137,20 @@ def main() -> None:
                     )
                     row[f"{variant}_ms_per_image"] = round(ms, 3)
                     row[key] = round(eager_ms / ms, 2)
+                    if variant == "onnxruntime_bf16":
+                        row["speedup_bf16_vs_torch_bf16"] = round(
+                            row["torch_bf16_ms_per_image"] / ms, 2
+                        )
                 results[f"{case}/batch{batch}"] = row
     write_result(
         "inference_latency",
         {
-            "description": "median per-image latency on CPU: torch eager fp32, ONNX Runtime fp32 "
-            "and INT8 (static, per-channel, QDQ) as medlens serves them on this machine "
+            "description": "median per-image latency on CPU: torch eager fp32 (and bf16 "
+            "autocast, torch_bf16), ONNX Runtime fp32, bf16 (OpenVINO, `--precision bf16`) and "
+            "INT8 (static, per-channel, QDQ) as medlens serves them on this machine "
             "(onnxruntime*, provider) and the alternatives (cpu: CPU provider, 3D convolutions "
             "unrolled to 2D; cpu_conv3d: plain Conv3d; openvino: OpenVINO provider); speedups "
-            "are vs torch eager",
+            "are vs torch eager fp32",
             "cases": results,
         },
     )

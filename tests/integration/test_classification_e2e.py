@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from medlens.data.synthetic import write_chest_folder
+from medlens.inference.providers import bf16_available
 from medlens.planning import Plan
 
 pytestmark = pytest.mark.integration
@@ -189,6 +190,36 @@ def test_int8_export_keeps_the_decisions(
     weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
     stale = run_cli("predict", str(model), str(phantoms / "nodule"), "--precision", "int8")
     assert stale.code == 2 and "other weights" in stale.err  # type: ignore[attr-defined]
+
+
+@pytest.mark.skipif(not bf16_available(), reason="needs OpenVINO and a CPU with native bf16")
+def test_bf16_is_checked_before_it_serves(
+    trained: tuple[Path, dict[str, object]],
+    phantoms: Path,
+    run_cli: Callable[..., object],
+    tmp_path: Path,
+) -> None:
+    import shutil
+
+    run, _ = trained
+    model = tmp_path / "model"
+    shutil.copytree(run / "model", model)
+    args = ("predict", str(model), str(phantoms / "nodule"))
+    unchecked = run_cli(*args, "--out", str(tmp_path / "x.csv"), "--precision", "bf16")
+    assert unchecked.code == 2 and "--bf16 --calibration" in unchecked.err  # type: ignore[attr-defined]
+    result = run_cli("export", str(model), "--bf16", "--calibration", str(run / "manifest.csv"))
+    assert result.code == 0, result.err  # type: ignore[attr-defined]
+    report = json.loads((model / "bf16.json").read_text())
+    assert report["check_images"] > 0 and report["decision_agreement"] >= 0.95, report
+    assert abs(report["auc_bf16"] - report["auc_fp32"]) <= 0.01, report
+    rows = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / f"{precision}.csv"
+        done = run_cli(*args, "--out", str(out), "--precision", precision)
+        assert done.code == 0, done.err  # type: ignore[attr-defined]
+        rows[precision] = [r["prediction"] for r in csv.DictReader(out.open())]
+    same = sum(a == b for a, b in zip(rows["fp32"], rows["bf16"], strict=True))
+    assert same >= 0.95 * len(rows["fp32"])
 
 
 def test_incompatible_artifacts_are_refused(

@@ -30,7 +30,10 @@ def serve_command(
         str, typer.Option(help="auto (ONNX Runtime, else torch), onnx or torch.")
     ] = "auto",
     precision: Annotated[
-        str, typer.Option(help="fp32, or int8 (the model made by `medlens export --int8`).")
+        str,
+        typer.Option(
+            help="fp32; bf16 or int8 once `medlens export --bf16|--int8` has checked them."
+        ),
     ] = "fp32",
     max_batch: Annotated[int, typer.Option(help="Largest dynamic batch.")] = 32,
     batch_window_ms: Annotated[

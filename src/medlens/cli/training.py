@@ -21,6 +21,7 @@ from medlens.planning import Plan, make_plan, parse_overrides, read_config
 
 if TYPE_CHECKING:
     from medlens.inference.artifact import Artifact
+    from medlens.training.data import PreparedData
 
 BudgetOpt = Annotated[str, typer.Option("--budget", help="Training time budget: 90s, 10m, 1h.")]
 SetOpt = Annotated[
@@ -354,7 +355,10 @@ def predict_command(
         str, typer.Option(help="auto (ONNX Runtime, else torch), onnx or torch.")
     ] = "auto",
     precision: Annotated[
-        str, typer.Option(help="fp32, or int8 (the model made by `medlens export --int8`).")
+        str,
+        typer.Option(
+            help="fp32; bf16 or int8 once `medlens export --bf16|--int8` has checked them."
+        ),
     ] = "fp32",
 ) -> None:
     """Class probabilities and the thresholded decision for each input."""
@@ -402,25 +406,36 @@ def export_command(
             "--int8", help="Also write model.int8.onnx, calibrated on --calibration DATA."
         ),
     ] = False,
+    bf16: Annotated[
+        bool,
+        typer.Option(
+            "--bf16",
+            help="Check bfloat16 inference (OpenVINO, CPUs with native bf16) on --calibration "
+            "DATA's test rows.",
+        ),
+    ] = False,
     calibration: Annotated[
         str | None,
-        typer.Option(help="Dataset for INT8 calibration (.npz, folder, manifest, medmnist:NAME)."),
+        typer.Option(
+            help="Dataset for the INT8 calibration and the --int8/--bf16 checks "
+            "(.npz, folder, manifest, medmnist:NAME)."
+        ),
     ] = None,
     max_images: Annotated[
         int,
-        typer.Option(help="INT8: at most this many images each to calibrate on and to check on."),
+        typer.Option(help="At most this many images each to calibrate on and to check on."),
     ] = 256,
 ) -> None:
     """Export a model to ONNX and report the largest ONNX Runtime vs torch difference;
-    with --int8, a quantized model and how much its predictions move."""
+    with --int8 or --bf16, how much the reduced precision moves its predictions."""
     from medlens.inference import load_artifact
     from medlens.inference.onnx import export_onnx
 
     if not onnx:
         raise ConfigError("only --onnx export is available")
-    if int8 and not calibration:
+    if (int8 or bf16) and not calibration:
         raise ConfigError(
-            "--int8 needs --calibration DATA",
+            f"{'--int8' if int8 else '--bf16'} needs --calibration DATA",
             fix="name images like the training data (e.g. the training dataset itself)",
         )
     artifact = load_artifact(model_dir)
@@ -430,23 +445,51 @@ def export_command(
         f"wrote {report.path}; ONNX Runtime vs torch max |difference| {report.max_abs_diff:.2e} "
         f"(batches {list(report.batch_sizes)})"
     )
-    if int8 and calibration:
-        _export_int8(artifact, calibration, max_images)
+    if calibration and (int8 or bf16):
+        from medlens.training.data import prepare_data
+
+        data = prepare_data(
+            resolve_data(calibration),
+            artifact.labels,
+            artifact.pipeline,
+            cache_dir() / "arrays",
+            in_channels=artifact.in_channels,
+            check_leakage=False,
+        )
+        if int8:
+            _export_int8(artifact, data, max_images)
+        if bf16:
+            _check_bf16(artifact, data, max_images)
 
 
-def _export_int8(artifact: Artifact, calibration: str, max_images: int) -> None:
+def _check_bf16(artifact: Artifact, data: PreparedData, max_images: int) -> None:
+    """bf16.json: bfloat16 against float32 predictions on DATA's test rows."""
+    from medlens.inference.bf16 import check_bf16
+    from medlens.inference.quantize import calibration_split
+
+    _, check = calibration_split(data, max_images)
+    report = check_bf16(artifact, data.images(check), check_targets=data.targets[check])
+    auc = (
+        f"; AUC {report.auc_fp32:.4f} (fp32) vs {report.auc_bf16:.4f} (bf16)"
+        if report.auc_fp32 is not None
+        else ""
+    )
+    console.print(
+        f"checked bf16 on {report.check_images} images: the decision agrees "
+        f"{report.decision_agreement:.1%}, probabilities move {report.mean_probability_change:.4f} "
+        f"on average (max {report.max_probability_change:.4f}){auc}"
+    )
+    auc_drop = (report.auc_fp32 or 0.0) - (report.auc_bf16 or 0.0)
+    if report.decision_agreement < 0.98 or auc_drop > 0.01:
+        err_console.print(
+            "[yellow]warning:[/] bfloat16 changes decisions noticeably; serve the fp32 model"
+        )
+
+
+def _export_int8(artifact: Artifact, data: PreparedData, max_images: int) -> None:
     """model.int8.onnx calibrated on DATA's validation rows, checked on its test rows."""
     from medlens.inference.quantize import calibration_split, quantize_artifact
-    from medlens.training.data import prepare_data
 
-    data = prepare_data(
-        resolve_data(calibration),
-        artifact.labels,
-        artifact.pipeline,
-        cache_dir() / "arrays",
-        in_channels=artifact.in_channels,
-        check_leakage=False,
-    )
     calibrate, check = calibration_split(data, max_images)
     report = quantize_artifact(
         artifact,

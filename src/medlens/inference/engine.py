@@ -22,7 +22,7 @@ from medlens.models.forward import batched_logits, combined
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "onnx", "torch")
-PRECISIONS = ("fp32", "int8")
+PRECISIONS = ("fp32", "bf16", "int8")
 
 
 def artifact_digest(artifact: Artifact) -> str:
@@ -44,7 +44,8 @@ class Engine:
     """Logits (N, K) for preprocessed batches; ``backend`` "auto" uses ONNX Runtime when the
     export works and torch otherwise (and says which in ``backend_used``, and which ONNX Runtime
     provider in ``provider``). ``precision="int8"`` runs the artifact's quantized model
-    (`medlens export --int8`) through ONNX Runtime."""
+    (`medlens export --int8`) through ONNX Runtime, ``precision="bf16"`` the float32 graph on
+    OpenVINO in bfloat16 (`medlens export --bf16` checks it first); both need ONNX Runtime."""
 
     def __init__(
         self,
@@ -59,20 +60,26 @@ class Engine:
             raise ConfigError(f"unknown backend {backend!r}; use one of {list(BACKENDS)}")
         if precision not in PRECISIONS:
             raise ConfigError(f"unknown precision {precision!r}; use one of {list(PRECISIONS)}")
-        if precision == "int8" and backend == "torch":
-            raise ConfigError("INT8 models run on ONNX Runtime; use --backend onnx or auto")
+        if precision != "fp32" and backend == "torch":
+            raise ConfigError(f"{precision} models run on ONNX Runtime; use --backend onnx or auto")
         self.artifact = artifact
         self.tta = artifact.tta
         self._model = combined(artifact.members).eval()
         self._lock = threading.Lock()  # torch modules are not re-entrant under hooks
         self._session: Any = None
         self.backend_used = "torch"
-        self.runtime = runtime_for(artifact.spatial_dims)
+        self.runtime = runtime_for(artifact.spatial_dims, precision=precision)
         if precision == "int8":
             from medlens.inference.quantize import int8_model
 
             self._session = self.runtime.session(str(int8_model(artifact)), threads)
             self.backend_used = "onnx-int8"
+        elif precision == "bf16":
+            from medlens.inference.bf16 import require_bf16_check
+
+            require_bf16_check(artifact)
+            self._session = self._onnx_session(cache_dir, threads, self.runtime)
+            self.backend_used = "onnx-bf16"
         elif backend != "torch":
             try:
                 self._session = self._onnx_session(cache_dir, threads, self.runtime)

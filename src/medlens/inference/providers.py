@@ -7,11 +7,18 @@ there against 3.4 / 4.7 ms on the CPU provider (Conv3d unrolled to 2D / plain) a
 torch eager (`benchmarks/bench_inference_latency.py`). 2D models were not faster on it
 (ResNet-18 224^2 28.2 vs 26.5 ms; CompactNet 28^2 at batch 1 0.62 vs 0.52 ms, medians of 200
 interleaved calls), so they stay on the CPU provider. A CUDA provider, when present, wins.
+
+bfloat16 (``precision="bf16"``) runs every model on OpenVINO's provider with its CPU plugin's
+inference-precision hint, on CPUs that compute bfloat16 natively (AVX512-BF16 or AMX); the
+graph stays float32 and OpenVINO converts it when it compiles the model.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+
+from medlens.errors import ConfigError
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -56,14 +63,52 @@ def available() -> list[str]:
     return list(ort.get_available_providers())
 
 
-def runtime_for(spatial_dims: int, *, openvino: bool | None = None) -> Runtime:
+def runtime_for(
+    spatial_dims: int, *, openvino: bool | None = None, precision: str = "fp32"
+) -> Runtime:
     """The runtime for a model with ``spatial_dims`` spatial axes on this machine.
 
-    ``openvino`` forces OpenVINO on (if installed) or off; by default it runs 3D models."""
+    ``openvino`` forces OpenVINO on (if installed) or off; by default it runs 3D models.
+    ``precision="bf16"`` is OpenVINO's CPU plugin in bfloat16, or a ConfigError saying why not."""
     have = available()
+    if precision == "bf16":
+        return _bf16_runtime(have)
     if CUDA in have:
         return Runtime((CUDA, CPU))
     use_openvino = spatial_dims == 3 if openvino is None else openvino
     if use_openvino and OPENVINO in have:
-        return Runtime((OPENVINO, CPU), ({"device_type": "CPU"}, {}), unroll_3d=False)
+        return openvino_runtime()
     return Runtime((CPU,))
+
+
+def openvino_runtime(bf16: bool = False) -> Runtime:
+    """OpenVINO's CPU plugin (plain Conv3d graphs) in float32, or bfloat16 when asked. The hint
+    is explicit both ways: on CPUs with AMX the plugin's own default is bfloat16."""
+    hint = json.dumps({"CPU": {"INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32"}})
+    options = {"device_type": "CPU", "load_config": hint}
+    return Runtime((OPENVINO, CPU), (options, {}), unroll_3d=False)
+
+
+def bf16_available() -> bool:
+    """Whether ``precision="bf16"`` can run here."""
+    try:
+        _bf16_runtime(available())
+    except ConfigError:
+        return False
+    return True
+
+
+def _bf16_runtime(have: list[str]) -> Runtime:
+    from medlens.models.precision import native_bf16
+
+    if OPENVINO not in have:
+        raise ConfigError(
+            "bf16 inference runs on ONNX Runtime's OpenVINO provider, which is not installed",
+            fix="install onnxruntime-openvino (x86-64 Linux), or use --precision fp32",
+        )
+    if not native_bf16():
+        raise ConfigError(
+            "this CPU has no native bfloat16 (AVX512-BF16 or AMX): emulated it is slower than fp32",
+            fix="use --precision fp32, or int8",
+        )
+    return openvino_runtime(bf16=True)

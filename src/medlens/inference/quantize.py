@@ -20,10 +20,10 @@ from numpy.typing import NDArray
 
 from medlens._fs import atomic_path, atomic_write_text
 from medlens.errors import ArtifactError, ConfigError
+from medlens.inference.agreement import CHECK_BATCH, compare, current_report, probabilities
 from medlens.inference.artifact import Artifact
 from medlens.inference.onnx import export_onnx
 from medlens.inference.providers import Runtime, runtime_for
-from medlens.metrics import roc_auc
 
 if TYPE_CHECKING:
     from medlens.training.data import PreparedData
@@ -32,8 +32,6 @@ log = logging.getLogger(__name__)
 
 INT8_FILE = "model.int8.onnx"
 REPORT_FILE = "quantization.json"
-#: images per calibration batch (the ONNX model has a dynamic batch axis)
-CALIBRATION_BATCH = 16
 
 
 @dataclass(frozen=True)
@@ -58,13 +56,6 @@ class QuantizationReport:
         return out
 
 
-def _probabilities(artifact: Artifact, session: Any, images: NDArray[np.float32]) -> Any:
-    logits = artifact.tta.run(
-        lambda views: session.run(None, {"image": views})[0], images, max_views=CALIBRATION_BATCH
-    )
-    return artifact.probabilities(logits)
-
-
 def calibration_split(
     data: PreparedData, max_images: int = 256, seed: int = 0
 ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
@@ -79,7 +70,7 @@ def calibration_split(
     elif not len(check):
         check = rest
     if not len(calibrate) or not len(check):
-        raise ConfigError("INT8 calibration needs at least two images")
+        raise ConfigError("calibrating and checking need at least two images")
     pick = [rng.permutation(rows)[:max_images] for rows in (calibrate, check)]
     return np.sort(pick[0]).astype(np.int64), np.sort(pick[1]).astype(np.int64)
 
@@ -115,8 +106,8 @@ def quantize_artifact(
     class Reader(CalibrationDataReader):  # type: ignore[misc]
         def __init__(self) -> None:
             self._batches = iter(
-                np.ascontiguousarray(calibration[i : i + CALIBRATION_BATCH])
-                for i in range(0, len(calibration), CALIBRATION_BATCH)
+                np.ascontiguousarray(calibration[i : i + CHECK_BATCH])
+                for i in range(0, len(calibration), CHECK_BATCH)
             )
 
         def get_next(self) -> dict[str, NDArray[np.float32]] | None:
@@ -153,27 +144,19 @@ def quantize_artifact(
                 )
         finally:
             root.setLevel(level)
-        reference = _probabilities(artifact, runtime.session(str(fp32)), check)
-    quantized = _probabilities(artifact, runtime.session(str(path)), check)
-    change = np.abs(quantized - reference)
-    agree = np.mean(
-        np.asarray(artifact.decide(quantized)) == np.asarray(artifact.decide(reference))
-    )
-    auc_fp32 = auc_int8 = None
-    binary = artifact.labels.task == "binary"
-    if check_targets is not None and binary and len(np.unique(check_targets)) == 2:
-        auc_fp32 = round(roc_auc(check_targets, reference[:, 1]), 5)
-        auc_int8 = round(roc_auc(check_targets, quantized[:, 1]), 5)
+        reference = probabilities(artifact, runtime.session(str(fp32)), check)
+    quantized = probabilities(artifact, runtime.session(str(path)), check)
+    agreement = compare(artifact, reference, quantized, check_targets)
     report = QuantizationReport(
         path,
         artifact_digest(artifact),
         len(calibration),
         len(check),
-        round(float(change.max()), 5),
-        round(float(change.mean()), 6),
-        round(float(agree), 5),
-        auc_fp32,
-        auc_int8,
+        agreement.max_probability_change,
+        agreement.mean_probability_change,
+        agreement.decision_agreement,
+        agreement.auc_fp32,
+        agreement.auc_reduced,
         runtime.name,
     )
     atomic_write_text(artifact.folder / REPORT_FILE, json.dumps(report.to_dict(), indent=2) + "\n")
@@ -182,18 +165,9 @@ def quantize_artifact(
 
 def int8_model(artifact: Artifact) -> Path:
     """The artifact's INT8 model, checked to be made from its current weights."""
-    from medlens.inference.engine import artifact_digest
-
-    path, report = artifact.folder / INT8_FILE, artifact.folder / REPORT_FILE
+    path = artifact.folder / INT8_FILE
     fix = f"run `medlens export {artifact.folder} --int8 --calibration DATA`"
-    if not path.is_file() or not report.is_file():
+    if not path.is_file():
         raise ArtifactError("the model has no INT8 version", path=artifact.folder, fix=fix)
-    try:
-        made_from = json.loads(report.read_text())["artifact_digest"]
-    except (OSError, ValueError, KeyError) as err:
-        raise ArtifactError(f"unreadable {REPORT_FILE} ({err})", path=report, fix=fix) from None
-    if made_from != artifact_digest(artifact):
-        raise ArtifactError(
-            "the INT8 model was made from other weights than the artifact's", path=path, fix=fix
-        )
+    current_report(artifact, artifact.folder / REPORT_FILE, "INT8", fix)
     return path
