@@ -38,7 +38,12 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         root / "run",
         cache_dir=root / "cache",
         model="compactnet",
-        overrides={"epochs": 20, "batch_size": 32, "model_options": {"widths": [16, 32, 64, 64]}},
+        overrides={
+            "epochs": 20,
+            "batch_size": 32,
+            "model_options": {"widths": [16, 32, 64, 64]},
+            "max_members": 1,  # one model: its 20 epochs leave most of the budget
+        },
         resamples=20,
         tensorboard=False,
     )
