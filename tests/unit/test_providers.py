@@ -42,6 +42,7 @@ def test_openvino_logits_match_torch(tmp_path: Path) -> None:
     engine = Engine(artifact, cache_dir=tmp_path / "cache", threads=1)
     assert (engine.backend_used, engine.provider) == ("onnx", "openvino")
     assert [p.suffixes for p in (tmp_path / "cache").iterdir()] == [[".conv3d", ".onnx"]]
+    assert engine.warm_up().shape == (1, 2)
     batch = np.random.default_rng(0).normal(size=(5, 1, 12, 12, 12)).astype(np.float32)
     for rows in (batch, batch[:1], batch[:3]):  # the batch axis stays dynamic
         np.testing.assert_allclose(engine.logits(rows), engine.torch_logits(rows), atol=1e-4)

@@ -51,6 +51,7 @@ class ModelService:
             precision=settings.precision,
             threads=settings.threads,
         )
+        self.engine.warm_up()  # before /ready says yes
         self.batcher = DynamicBatcher(
             self.engine.logits,
             max_batch=settings.max_batch,
