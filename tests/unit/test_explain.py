@@ -43,6 +43,20 @@ def test_cam_on_every_model(name: str, dims: int, method: str) -> None:
     assert np.isfinite(maps).all() and maps.min() >= 0 and maps.max() <= 1 + 1e-6
 
 
+def test_cam_on_a_frozen_backbone_matches_the_trainable_model() -> None:
+    # transfer learning freezes the features that hold the target layer; the EMA copy that
+    # training keeps has no trainable parameters at all
+    torch.manual_seed(0)
+    model = create_model("compactnet", 2, 1, 2, **SMALL["compactnet"])
+    images = torch.randn(2, 1, *SIZE[2])
+    expected = cam_maps(model, images, class_index=1)
+    model.freeze_features()
+    np.testing.assert_allclose(cam_maps(model, images, class_index=1), expected, atol=1e-6)
+    model.requires_grad_(False)
+    np.testing.assert_allclose(cam_maps(model, images, class_index=1), expected, atol=1e-6)
+    assert not images.requires_grad
+
+
 @pytest.mark.parametrize("method", ["occlusion", "ig"])
 @pytest.mark.parametrize("dims", [2, 3])
 @pytest.mark.parametrize("name", ["classic-cnn", "compactnet", "vgg11", "resnet18", "densenet121"])

@@ -64,7 +64,9 @@ def cam_maps(
     model.eval()
     try:
         with torch.enable_grad():
-            x = images.float()
+            # the input carries the gradient, so a frozen backbone (transfer learning) or a
+            # model whose parameters all have requires_grad off still yields the layer's
+            x = images.detach().float().requires_grad_(True)
             logits = model(x)
             if class_index is None:
                 chosen = logits.argmax(dim=1)
