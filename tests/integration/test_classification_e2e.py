@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 
 from medlens.data.synthetic import write_chest_folder
 from medlens.inference.providers import bf16_available
@@ -224,6 +225,34 @@ def test_bf16_is_checked_before_it_serves(
         rows[precision] = [r["prediction"] for r in csv.DictReader(out.open())]
     same = sum(a == b for a, b in zip(rows["fp32"], rows["bf16"], strict=True))
     assert same >= 0.95 * len(rows["fp32"])
+
+
+def test_fine_tuning_a_frozen_backbone_from_an_artifact(
+    trained: tuple[Path, dict[str, object]],
+    phantoms: Path,
+    run_cli: Callable[..., object],
+    tmp_path: Path,
+) -> None:
+    from medlens.inference import load_artifact
+
+    run, _ = trained
+    out = tmp_path / "tuned"
+    init = ("--init-from", str(run / "model"), "--freeze-backbone")
+    args = ("train", str(phantoms), "--out", str(out), "--budget", "2m", *init)
+    result = run_cli(*args, "--set", "epochs=2", "--set", "max_members=1")
+    assert result.code == 0, result.err  # type: ignore[attr-defined]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["training"]["epochs_run"] == [2] and "auc" in metrics["test"]
+    assert "Test cases" in (out / "report.html").read_text()  # Grad-CAM through frozen layers
+    plan = Plan.load(out / "plan.json")
+    assert plan.freeze_backbone and plan.init_from == str(run / "model")
+    source, tuned = (load_artifact(p).members[0] for p in (run / "model", out / "model"))
+    assert tuned.spec() == source.spec()  # the pre-trained architecture, kept
+    frozen = dict(source.features.named_parameters())
+    for name, value in tuned.features.named_parameters():
+        assert torch.equal(value, frozen[name]), f"backbone parameter {name} moved"
+    # a new head on features trained for this task learns it within the two epochs
+    assert metrics["test"]["auc"] > 0.8, metrics["test"]
 
 
 def test_incompatible_artifacts_are_refused(
