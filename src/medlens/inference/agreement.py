@@ -19,7 +19,7 @@ from medlens.errors import ArtifactError
 from medlens.inference.artifact import Artifact
 from medlens.metrics import roc_auc
 
-#: images per ONNX Runtime call while checking (the models have a dynamic batch axis)
+#: images per ONNX Runtime call while calibrating or checking (the models have a dynamic batch axis)
 CHECK_BATCH = 16
 
 

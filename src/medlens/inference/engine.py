@@ -116,9 +116,10 @@ class Engine:
         PneumoniaMNIST / AdrenalMNIST3D CompactNets with their 9 / 27 views, without / with):
         7.8 / 5.0 ms (2D, bf16 on OpenVINO; later calls 3.1), 56.7 / 44.8 ms (3D, fp32 on
         OpenVINO; later 44). One all-zero input warmed the 2D bf16 call little (14.2 / 12.5)."""
-        x = np.random.default_rng(0).normal(size=(1, *_input_shape(self.artifact)))
-        self.logits(x.astype(np.float32))
-        return self.logits(x.astype(np.float32))
+        shape = (1, *_input_shape(self.artifact))
+        x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+        self.logits(x)
+        return self.logits(x)
 
     @property
     def provider(self) -> str:
