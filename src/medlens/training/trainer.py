@@ -127,28 +127,31 @@ def _write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
     atomic_write_text(run_dir / "history.csv", buf.getvalue())
 
 
-#: epochs timed before the schedule is fitted to the deadline (the first includes warm-up costs)
+#: epochs timed before the schedule is first fitted to the deadline (the first includes warm-up)
 REFIT_AFTER = 3
 
 
 def epochs_that_fit(
-    elapsed_s: float, history: list[dict[str, Any]], deadline_s: float, planned: int
+    elapsed_s: float, epoch_walls: list[float], deadline_s: float, planned: int
 ) -> int:
     """The planned epochs, or fewer when the epochs measured so far say they would end past the
     deadline: the schedule then anneals before the budget runs out instead of being cut
     mid-decay (a planner's estimate can be low: a shared machine's speed moves, and it does not
-    time validation or weight averaging; AdrenalMNIST3D epochs once ran 25 % over it)."""
-    epoch_s = statistics.median(float(row["seconds"]) for row in history)
+    time validation or weight averaging; AdrenalMNIST3D epochs once ran 25 % over it).
+
+    ``epoch_walls`` are whole epochs, checkpointing included: timing only the training and
+    validation let a CI run plan one epoch more than it could finish."""
+    epoch_s = statistics.median(epoch_walls)
     left = int((deadline_s - elapsed_s) / max(epoch_s, 1e-9))
-    return max(len(history) + 1, min(planned, len(history) + left))
+    return max(len(epoch_walls) + 1, min(planned, len(epoch_walls) + left))
 
 
-def _out_of_time(elapsed_s: float, history: list[dict[str, Any]], deadline_s: float | None) -> bool:
+def _out_of_time(elapsed_s: float, epoch_walls: list[float], deadline_s: float | None) -> bool:
     """Whether another epoch would end past the deadline, at the median epoch time so far (a
     planner's estimate can be low: a 600 s plan ran 656 s when only a spent budget stopped it)."""
     if deadline_s is None:
         return False
-    epoch_s = statistics.median(float(row["seconds"]) for row in history) if history else 0.0
+    epoch_s = statistics.median(epoch_walls) if epoch_walls else 0.0
     return elapsed_s + epoch_s > deadline_s
 
 
@@ -219,10 +222,12 @@ class Trainer:
             int(self.plan.warmup_epochs * self.steps_per_epoch),
         )
 
-    def _fit_to_deadline(self, elapsed_s: float, history: list[dict[str, Any]]) -> None:
-        if self.deadline_s is None or len(history) != REFIT_AFTER:
+    def _fit_to_deadline(self, elapsed_s: float, epoch_walls: list[float]) -> None:
+        """Shorten the schedule when the epochs so far say it ends past the deadline; checked
+        after every epoch from the third on, because a shared machine can slow down later."""
+        if self.deadline_s is None or len(epoch_walls) < REFIT_AFTER:
             return
-        epochs = epochs_that_fit(elapsed_s, history, self.deadline_s, self.epochs)
+        epochs = epochs_that_fit(elapsed_s, epoch_walls, self.deadline_s, self.epochs)
         if epochs < self.epochs:
             log.info("the deadline affords %d of %d planned epochs", epochs, self.epochs)
             self._set_schedule(epochs)
@@ -365,6 +370,7 @@ class Trainer:
         started = time.monotonic()
         stopped = "completed"
         epoch = start_epoch
+        epoch_walls: list[float] = []  # this call's epochs, checkpointing included
         while epoch < self.epochs:
             if epoch >= self.min_epochs and best["bad_epochs"] >= self.plan.patience:
                 stopped = "early_stopping"
@@ -395,7 +401,6 @@ class Trainer:
                 "best": improved,
             }
             history.append(row)
-            self._fit_to_deadline(time.monotonic() - started, history)
             save_state(
                 self.ckpt_dir / CHECKPOINT, self._state(epoch + 1, best, history), kind="checkpoint"
             )
@@ -406,8 +411,10 @@ class Trainer:
                 writer.flush()
             self.on_event("epoch_end", row)
             epoch += 1
+            epoch_walls.append(time.monotonic() - tic)
+            self._fit_to_deadline(time.monotonic() - started, epoch_walls)
             more = epoch < self.epochs
-            if more and _out_of_time(time.monotonic() - started, history, self.deadline_s):
+            if more and _out_of_time(time.monotonic() - started, epoch_walls, self.deadline_s):
                 stopped = "deadline"
                 log.warning("stopping after epoch %d: the time budget is spent", epoch)
                 break
