@@ -29,6 +29,7 @@ import torch
 from benchmarks.common import RESULTS, SHARED, commit, write_result
 from medlens.data.labels import LabelSpec
 from medlens.inference import load_artifact, save_artifact
+from medlens.inference.bf16 import check_bf16
 from medlens.inference.engine import Engine
 from medlens.inference.quantize import quantize_artifact
 from medlens.io import read_image, write_image
@@ -47,6 +48,8 @@ MODELS = {
     # INT8 ResNet-18 is ~25 % cheaper per image at batch 32 than at batch 1 (fp32 is not): the
     # case where dynamic batching can raise throughput on a CPU
     "resnet18-224-int8": ("resnet18", [224, 224], {}, "int8", 0),
+    # bfloat16 on OpenVINO (CPUs with AVX512-BF16 or AMX): no calibration, the fp32 graph
+    "resnet18-224-bf16": ("resnet18", [224, 224], {}, "bf16", 0),
 }
 LATENCY_REQUESTS = 200
 CLIENTS = (1, 8, 32, 64)
@@ -82,6 +85,9 @@ def _artifact(
     if precision == "int8":  # calibrated on random inputs: the weights are random too
         calibration = np.random.default_rng(1).normal(size=(48, 1, *size)).astype(np.float32)
         quantize_artifact(load_artifact(saved), calibration[:32], calibration[32:])
+    if precision == "bf16":  # serving refuses bf16 without a check on the current weights
+        check = np.random.default_rng(1).normal(size=(16, 1, *size)).astype(np.float32)
+        check_bf16(load_artifact(saved), check)
     return saved
 
 
