@@ -22,7 +22,10 @@ needs_bf16 = pytest.mark.skipif(
 
 
 def _hint(runtime: providers.Runtime) -> str:
-    return str(json.loads(runtime.options[0]["load_config"])["CPU"]["INFERENCE_PRECISION_HINT"])
+    config = json.loads(runtime.options[0]["load_config"])["CPU"]
+    # unpinned: pinned, the one-thread sessions of two serving workers shared one core
+    assert config["ENABLE_CPU_PINNING"] == "NO"
+    return str(config["INFERENCE_PRECISION_HINT"])
 
 
 def test_bf16_is_refused_where_it_cannot_run_natively(monkeypatch: pytest.MonkeyPatch) -> None:
