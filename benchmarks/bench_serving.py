@@ -38,7 +38,7 @@ from medlens.models.tta import TTA
 from medlens.serving.workers import listeners
 
 TOKEN = "benchmark-token-0123456789"
-#: case -> (model, input size, options, precision, test-time shift);
+#: case -> (model, input size (its length: 2D or 3D), options, precision, test-time shift);
 #: ``MEDLENS_BENCH_MODELS=a,b`` runs a subset
 MODELS = {
     "compactnet-28": ("compactnet", [28, 28], {"widths": [32, 64, 128, 256]}, "fp32", 0),
@@ -50,6 +50,24 @@ MODELS = {
     "resnet18-224-int8": ("resnet18", [224, 224], {}, "int8", 0),
     # bfloat16 on OpenVINO (CPUs with AVX512-BF16 or AMX): no calibration, the fp32 graph
     "resnet18-224-bf16": ("resnet18", [224, 224], {}, "bf16", 0),
+    # an AdrenalMNIST3D volume as `medlens train` ships the model: 27 one-voxel shifts, served
+    # on OpenVINO's provider (NIfTI upload)
+    "compactnet3d-28-tta": (
+        "compactnet",
+        [28, 28, 28],
+        {"widths": [24, 48, 96, 192], "stem_stride": 2},
+        "fp32",
+        1,
+    ),
+}
+#: the image each case posts, by spatial dimensions: a PNG, or a gzipped NIfTI volume
+SAMPLES = {
+    2: (f"{SHARED / 'pneumoniamnist' / 'pneumoniamnist.npz'}#test/0", "sample.png", "image/png"),
+    3: (
+        f"{SHARED / 'adrenalmnist3d' / 'adrenalmnist3d.npz'}#test/0",
+        "sample.nii.gz",
+        "application/octet-stream",
+    ),
 }
 LATENCY_REQUESTS = 200
 CLIENTS = (1, 8, 32, 64)
@@ -61,7 +79,7 @@ def _artifact(
     folder: Path, name: str, size: list[int], options: dict[str, Any], precision: str, shift: int
 ) -> Path:
     torch.manual_seed(0)
-    model = create_model(name, 2, 1, 2, **options)
+    model = create_model(name, len(size), 1, 2, **options)
     saved = save_artifact(
         folder,
         [model],
@@ -91,12 +109,12 @@ def _artifact(
     return saved
 
 
-def _multipart(data: bytes) -> tuple[bytes, str]:
+def _multipart(data: bytes, filename: str = "x.png", kind: str = "image/png") -> tuple[bytes, str]:
     boundary = uuid.uuid4().hex
     body = (
         (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n'
-            "Content-Type: image/png\r\n\r\n"
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"'
+            f"\r\nContent-Type: {kind}\r\n\r\n"
         ).encode()
         + data
         + f"\r\n--{boundary}--\r\n".encode()
@@ -107,9 +125,12 @@ def _multipart(data: bytes) -> tuple[bytes, str]:
 class Client:
     """One keep-alive connection posting the same image (multipart, or as the raw body)."""
 
-    def __init__(self, port: int, model: str, data: bytes, raw: bool = False):
+    def __init__(
+        self, port: int, model: str, sample: Path, kind: str = "image/png", raw: bool = False
+    ):
         self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        self.body, kind = (data, "image/png") if raw else _multipart(data)
+        data = sample.read_bytes()
+        self.body, kind = (data, kind) if raw else _multipart(data, sample.name, kind)
         self.headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": kind}
         self.path = f"/v1/models/{model}/predict"
 
@@ -221,32 +242,35 @@ def _echo_server() -> Iterator[int]:
 
 
 def main() -> None:
-    sample = read_image(f"{SHARED / 'pneumoniamnist' / 'pneumoniamnist.npz'}#test/0")
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp, _echo_server() as echo_port:
         root = Path(tmp)
-        png = write_image(sample, root / "sample.png")
-        data = png.read_bytes()
+        samples = {
+            dims: (write_image(read_image(source), root / filename), kind)
+            for dims, (source, filename, kind) in SAMPLES.items()
+        }
         chosen = os.environ.get("MEDLENS_BENCH_MODELS")
         for case, (name, size, options, precision, shift) in MODELS.items():
             if chosen and case not in chosen.split(","):
                 continue
+            sample, kind = samples[len(size)]
             folder = _artifact(root / case, name, size, options, precision, shift)
             artifact = load_artifact(folder)
             engine = Engine(
                 artifact, backend="onnx", cache_dir=root / "cache" / "onnx", precision=precision
             )
 
-            def in_process(a: Any = artifact, e: Engine = engine) -> None:
-                image = read_image(png)
+            def in_process(a: Any = artifact, e: Engine = engine, path: Path = sample) -> None:
+                image = read_image(path)
                 e.logits(a.preprocess(image)[None])
 
             rows: dict[str, Any] = {}
             for window in (0.0, 5.0):
                 process, port = _serve(folder, root, window, precision)
                 try:
-                    client, raw = Client(port, case, data), Client(port, case, data, raw=True)
-                    echo = Client(echo_port, "echo", data)
+                    client = Client(port, case, sample, kind)
+                    raw = Client(port, case, sample, kind, raw=True)
+                    echo = Client(echo_port, "echo", sample, kind)
                     for _ in range(10):
                         client.predict()
                         raw.predict()
@@ -285,9 +309,9 @@ def main() -> None:
                         },
                     }
                     if window == 0.0:
-                        body, kind = _multipart(data)
+                        body, form = _multipart(sample.read_bytes(), sample.name, kind)
                         (root / "body").write_bytes(body)
-                        load = [_load_test(port, case, root / "body", kind, n) for n in CLIENTS]
+                        load = [_load_test(port, case, root / "body", form, n) for n in CLIENTS]
                         rows["throughput"] = load
                         rows["throughput_ratio_32_vs_1"] = round(
                             load[2]["images_per_s"] / load[0]["images_per_s"], 2
@@ -297,9 +321,9 @@ def main() -> None:
                     process.wait(timeout=30)
             process, port = _serve(folder, root, 0.0, precision, workers=WORKERS)
             try:
-                body, kind = _multipart(data)
+                body, form = _multipart(sample.read_bytes(), sample.name, kind)
                 (root / "body").write_bytes(body)
-                load = [_load_test(port, case, root / "body", kind, n) for n in CLIENTS]
+                load = [_load_test(port, case, root / "body", form, n) for n in CLIENTS]
                 rows[f"throughput_{WORKERS}_workers"] = load
                 rows[f"throughput_ratio_32_vs_1_{WORKERS}_workers"] = round(
                     load[2]["images_per_s"] / load[0]["images_per_s"], 2
@@ -317,10 +341,11 @@ def main() -> None:
         "serving",
         {
             "description": (
-                "predict over loopback HTTP (multipart upload, and the PNG as the raw body: "
+                "predict over loopback HTTP (multipart upload, and the file as the raw body: "
                 "http_raw_body) vs decode + preprocess + ONNX Runtime in-process "
                 f"({LATENCY_REQUESTS} sequential requests of each interleaved with the in-process calls, "
-                "one PneumoniaMNIST test PNG, untrained "
+                "one PneumoniaMNIST test PNG for 2D models, one AdrenalMNIST3D test volume as "
+                ".nii.gz for 3D ones, untrained "
                 f"weights); throughput with {list(CLIENTS)} keep-alive clients for {SECONDS:g} s "
                 "each, coroutines in a separate client process (batch window 0 ms: a batch is "
                 f"whatever is queued), with 1 server process and with --workers {WORKERS}; "
