@@ -57,3 +57,26 @@ def test_the_schedule_anneals_inside_a_deadline_the_plan_underestimated(tmp_path
     assert len(result.history) < 20 and trainer.epochs < 20
     # the learning rate decayed to the end of its cosine instead of being cut at ~0.6 of its peak
     assert result.history[-1]["lr"] < 0.1 * plan.lr
+
+
+def test_the_schedule_anneals_when_the_machine_slows_down_mid_run(tmp_path: Path) -> None:
+    manifest = ensure_splits(load_manifest(write_chest_folder(tmp_path / "data", 24, size=16)))[0]
+    labels = infer_labels(manifest)
+    plan = make_plan(manifest, labels, budget_s=30, hardware=CPU, model="compactnet")
+    plan = plan.with_overrides(
+        {"epochs": 20, "batch_size": 8, "model_options": {"widths": [4, 8]}, "patience": 50}
+    )
+    data = prepare_data(manifest, labels, plan.pipeline(), tmp_path / "cache")
+
+    def slower_after_three(kind: str, info: dict[str, Any]) -> None:
+        if kind == "step" and info["step"] == 1:
+            # the first three epochs say 20 fit in 4 s; from the fourth on about 8 more fit
+            time.sleep(0.05 if info["epoch"] < 3 else 0.4)
+
+    trainer = Trainer(
+        plan, data, tmp_path / "run", on_event=slower_after_three, deadline_s=4.0, tensorboard=False
+    )
+    result = trainer.fit()
+    assert len(result.history) < 20 and trainer.epochs < 20
+    # refitted after the slowdown, not only once after the third (fast) epoch
+    assert result.history[-1]["lr"] < 0.1 * plan.lr

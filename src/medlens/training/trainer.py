@@ -127,7 +127,8 @@ def _write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
     atomic_write_text(run_dir / "history.csv", buf.getvalue())
 
 
-#: epochs timed before the schedule is first fitted to the deadline (the first includes warm-up)
+#: epochs timed before the schedule is first fitted to the deadline (the first includes
+#: warm-up), and the recent epochs whose median predicts the next ones
 REFIT_AFTER = 3
 
 
@@ -140,8 +141,9 @@ def epochs_that_fit(
     time validation or weight averaging; AdrenalMNIST3D epochs once ran 25 % over it).
 
     ``epoch_walls`` are whole epochs, checkpointing included: timing only the training and
-    validation let a CI run plan one epoch more than it could finish."""
-    epoch_s = statistics.median(epoch_walls)
+    validation let a CI run plan one epoch more than it could finish. The recent ones count: a
+    machine that slows down mid-run is seen within two epochs."""
+    epoch_s = statistics.median(epoch_walls[-REFIT_AFTER:])
     left = int((deadline_s - elapsed_s) / max(epoch_s, 1e-9))
     return max(len(epoch_walls) + 1, min(planned, len(epoch_walls) + left))
 
@@ -151,7 +153,7 @@ def _out_of_time(elapsed_s: float, epoch_walls: list[float], deadline_s: float |
     planner's estimate can be low: a 600 s plan ran 656 s when only a spent budget stopped it)."""
     if deadline_s is None:
         return False
-    epoch_s = statistics.median(epoch_walls) if epoch_walls else 0.0
+    epoch_s = statistics.median(epoch_walls[-REFIT_AFTER:]) if epoch_walls else 0.0
     return elapsed_s + epoch_s > deadline_s
 
 
