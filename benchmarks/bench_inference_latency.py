@@ -6,6 +6,11 @@ bf16 figures can be read against torch's own reduced precision, not only its flo
 The models have random weights (latency does not depend on them); the INT8 calibration uses
 random inputs here. The quality cost of INT8 and bf16 is measured on real data, not here
 (README).
+
+Each row also gives the arithmetic rate (GFLOP/s: the model's convolution and dense FLOPs per
+image over its time) against this machine's float32 matrix-multiply rate measured in the same
+run (torch, 4096^2): a float32 runtime cannot run convolutions much faster than that, so where
+torch eager already reaches a large share of it, 2x over torch needs lower precision.
 ``onnxruntime`` / ``onnxruntime_int8`` are what `medlens serve|predict` run on this machine
 (``provider``: OpenVINO's for 3D models where installed, see
 :mod:`medlens.inference.providers`); the other variants are the alternatives it chose between:
@@ -23,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.common import summary, timed, write_result
+from benchmarks.common import commit, summary, timed, write_result
 from medlens.data.labels import LabelSpec
 from medlens.inference import load_artifact, save_artifact
 from medlens.inference.onnx import export_onnx
@@ -48,6 +53,35 @@ CASES = {
         {"widths": [24, 48, 96, 192], "stem_stride": 2},
     ),
 }
+
+
+def _flops_per_image(model: torch.nn.Module, shape: tuple[int, ...]) -> int:
+    """Multiply-adds x 2 of every convolution and dense layer for one input of ``shape``."""
+    total = 0
+
+    def count(module: torch.nn.Module, _inputs: Any, output: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(module, torch.nn.Linear):
+            total += 2 * module.in_features * output.numel()
+        else:
+            assert isinstance(module, torch.nn.Conv2d | torch.nn.Conv3d)
+            fan_in = module.in_channels // module.groups * int(np.prod(module.kernel_size))
+            total += 2 * fan_in * output.numel()
+
+    layers = (torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.Linear)
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, layers)]
+    with torch.inference_mode():
+        model(torch.zeros(1, *shape))
+    for hook in hooks:
+        hook.remove()
+    return total
+
+
+def _matmul_gflops(n: int = 4096) -> float:
+    """This machine's float32 matrix-multiply rate through torch (median of 5)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    seconds = summary(timed(lambda: a @ b, 5, warmup=2))["median_s"]
+    return 2 * n**3 / seconds / 1e9
 
 
 def _int8(model: torch.nn.Module, shape: tuple[int, ...], folder: Path, runtime: Runtime) -> Any:
@@ -98,12 +132,15 @@ def _sessions(
 
 def main() -> None:
     results: dict[str, Any] = {}
+    matmul = _matmul_gflops()
+    gflop_per_image: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for case, (name, dims, shape, options) in CASES.items():
             model = create_model(name, dims, shape[0], 2, **options).eval()
             folder = Path(tmp) / case
             folder.mkdir()
             provider, sessions = _sessions(model, dims, shape, folder)
+            gflop = gflop_per_image[case] = _flops_per_image(model, shape) / 1e9
             for batch in (1, 32):
                 x = np.random.default_rng(0).normal(size=(batch, *shape)).astype(np.float32)
                 xt = torch.from_numpy(x)
@@ -141,6 +178,10 @@ def main() -> None:
                         row["speedup_bf16_vs_torch_bf16"] = round(
                             row["torch_bf16_ms_per_image"] / ms, 2
                         )
+                for who in ("torch_eager", "onnxruntime"):
+                    rate = gflop / (row[f"{who}_ms_per_image"] / 1000)
+                    row[f"{who}_gflops"] = round(rate, 1)
+                    row[f"{who}_pct_of_matmul"] = round(100 * rate / matmul, 1)
                 results[f"{case}/batch{batch}"] = row
     write_result(
         "inference_latency",
@@ -150,7 +191,11 @@ def main() -> None:
             "INT8 (static, per-channel, QDQ) as medlens serves them on this machine "
             "(onnxruntime*, provider) and the alternatives (cpu: CPU provider, 3D convolutions "
             "unrolled to 2D; cpu_conv3d: plain Conv3d; openvino: OpenVINO provider); speedups "
-            "are vs torch eager fp32",
+            "are vs torch eager fp32; *_gflops: convolution + dense FLOPs per second, "
+            "*_pct_of_matmul: that as a share of fp32_matmul_gflops (torch 4096^2, same run)",
+            "commit": commit(),
+            "fp32_matmul_gflops": round(matmul, 1),
+            "gflop_per_image": gflop_per_image,
             "cases": results,
         },
     )
