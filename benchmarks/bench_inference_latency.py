@@ -13,10 +13,11 @@ run (4096^2, the faster of numpy's BLAS and torch): a float32 runtime cannot run
 much faster than that, so where torch eager already reaches a large share of it, 2x over torch
 needs lower precision.
 ``onnxruntime`` / ``onnxruntime_int8`` are what `medlens serve|predict` run on this machine
-(``provider``: OpenVINO's for 3D models where installed, see
-:mod:`medlens.inference.providers`); the other variants are the alternatives it chose between:
-the CPU provider with 3D convolutions unrolled to 2D (``cpu``) or as plain Conv3d
-(``cpu_conv3d``), and OpenVINO's provider for 2D models (``openvino``).
+(``provider``: for float32, OpenVINO's for 3D models where installed and for 2D models the
+faster of it and the CPU provider, timed when the model loads, see
+:mod:`medlens.inference.autotune`); the other variants are the alternatives: the CPU provider
+(``cpu``; for 3D with the convolutions unrolled to 2D, ``cpu_conv3d`` with plain Conv3d) and
+OpenVINO's provider for 2D models (``openvino``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ import torch
 
 from benchmarks.common import commit, summary, timed, write_result
 from medlens.data.labels import LabelSpec
-from medlens.inference import load_artifact, save_artifact
+from medlens.inference import Artifact, load_artifact, save_artifact
+from medlens.inference.engine import Engine
 from medlens.inference.onnx import export_onnx
 from medlens.inference.providers import (
     OPENVINO,
@@ -90,10 +92,8 @@ def _matmul_gflops(n: int = 4096) -> dict[str, float]:
     return rates
 
 
-def _int8(model: torch.nn.Module, shape: tuple[int, ...], folder: Path, runtime: Runtime) -> Any:
-    """The INT8 model `medlens export --int8` would make for ``runtime``, calibrated on random
-    inputs, as a session of that runtime."""
-    artifact = load_artifact(
+def _artifact(model: torch.nn.Module, shape: tuple[int, ...], folder: Path) -> Artifact:
+    return load_artifact(
         save_artifact(
             folder,
             [model],
@@ -105,6 +105,12 @@ def _int8(model: torch.nn.Module, shape: tuple[int, ...], folder: Path, runtime:
             data_hash="benchmark",
         )
     )
+
+
+def _int8(model: torch.nn.Module, shape: tuple[int, ...], folder: Path, runtime: Runtime) -> Any:
+    """The INT8 model `medlens export --int8` would make for ``runtime``, calibrated on random
+    inputs, as a session of that runtime."""
+    artifact = _artifact(model, shape, folder)
     rng = np.random.default_rng(1)
     calibration = rng.normal(size=(32, *shape)).astype(np.float32)
     quantize_artifact(artifact, calibration, calibration[:8], runtime=runtime)
@@ -114,15 +120,18 @@ def _int8(model: torch.nn.Module, shape: tuple[int, ...], folder: Path, runtime:
 def _sessions(
     model: torch.nn.Module, dims: int, shape: tuple[int, ...], folder: Path
 ) -> tuple[str, dict[str, Any]]:
-    """ONNX Runtime sessions by variant name; the served runtime's are ``onnxruntime(_int8)``."""
-    served = runtime_for(dims)
+    """ONNX Runtime sessions by variant name; the served runtimes' are ``onnxruntime(_int8)``:
+    float32 on the provider the engine chooses for the model (timed for 2D models), INT8 on
+    the default one."""
+    served = Engine(_artifact(model, shape, folder / "fp32"), cache_dir=folder / "cache").runtime
+    default = runtime_for(dims)
     cpu = Runtime(("CPUExecutionProvider",))
     runtimes = {"onnxruntime": served}
-    if served.name != "cpu":
-        runtimes["cpu"] = cpu
     if dims == 3:
+        runtimes["cpu"] = cpu
         runtimes["cpu_conv3d"] = Runtime(("CPUExecutionProvider",), unroll_3d=False)
     elif OPENVINO in available():
+        runtimes["cpu"] = cpu
         runtimes["openvino"] = runtime_for(dims, openvino=True)
     if bf16_available():
         runtimes["onnxruntime_bf16"] = openvino_runtime(bf16=True)
@@ -130,8 +139,8 @@ def _sessions(
     for name, runtime in runtimes.items():
         path = export_onnx([model], shape, folder / f"{name}.onnx", unroll_3d=runtime.unroll_3d)
         sessions[name] = runtime.session(str(path.path))
-    sessions["onnxruntime_int8"] = _int8(model, shape, folder / "int8", served)
-    if served.name != "cpu":
+    sessions["onnxruntime_int8"] = _int8(model, shape, folder / "int8", default)
+    if default.name != "cpu":
         sessions["cpu_int8"] = _int8(model, shape, folder / "cpu-int8", cpu)
     return served.name, sessions
 
@@ -196,8 +205,9 @@ def main() -> None:
             "description": "median per-image latency on CPU: torch eager fp32 (and bf16 "
             "autocast, torch_bf16), ONNX Runtime fp32, bf16 (OpenVINO, `--precision bf16`) and "
             "INT8 (static, per-channel, QDQ) as medlens serves them on this machine "
-            "(onnxruntime*, provider) and the alternatives (cpu: CPU provider, 3D convolutions "
-            "unrolled to 2D; cpu_conv3d: plain Conv3d; openvino: OpenVINO provider); speedups "
+            "(onnxruntime*; provider: fp32's, timed at load for 2D models) and the alternatives "
+            "(cpu: CPU provider, 3D convolutions unrolled to 2D; cpu_conv3d: plain Conv3d; "
+            "openvino: OpenVINO provider); speedups "
             "are vs torch eager fp32; *_gflops: convolution + dense FLOPs per second, "
             "*_pct_of_matmul: that as a share of the faster fp32_matmul_gflops (4096^2, numpy "
             "and torch, same run)",

@@ -1,19 +1,25 @@
 """Which ONNX Runtime provider serves a model: OpenVINO's for 3D where installed, with the plain
-Conv3d graph, and the same logits as torch; INT8 made and checked on the provider that serves it."""
+Conv3d graph, and the same logits as torch; for 2D the faster of the CPU provider and OpenVINO's,
+timed once and remembered; INT8 made and checked on the provider that serves it."""
 
 from __future__ import annotations
 
+import json
 import platform
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from medlens.inference import load_artifact
+from medlens.errors import ConfigError
+from medlens.inference import autotune, load_artifact
 from medlens.inference.engine import Engine
-from medlens.inference.providers import OPENVINO, available, runtime_for
+from medlens.inference.providers import CUDA, OPENVINO, available, runtime_for
 from medlens.inference.quantize import quantize_artifact
+from medlens.serving.service import ModelService
+from medlens.serving.settings import ServeSettings
 from tests.unit.test_serving import make_artifact
 
 X86_LINUX = sys.platform == "linux" and platform.machine() == "x86_64"
@@ -28,7 +34,7 @@ def test_the_openvino_build_is_installed() -> None:
 
 
 @needs_openvino
-def test_3d_models_run_on_openvino_and_2d_on_the_cpu_provider() -> None:
+def test_3d_models_default_to_openvino_and_2d_to_the_cpu_provider() -> None:
     volume, image = runtime_for(3), runtime_for(2)
     assert (volume.name, volume.unroll_3d) == ("openvino", False)
     assert (image.name, image.unroll_3d) == ("cpu", True)
@@ -60,3 +66,72 @@ def test_int8_is_checked_on_the_provider_that_serves_it(tmp_path: Path) -> None:
     int8 = artifact.probabilities(engine.logits(images[24:]))
     assert np.abs(int8 - fp32).max() == pytest.approx(report.max_probability_change, abs=1e-4)
     assert np.abs(int8 - fp32).max() < 0.05
+
+
+def test_the_default_provider_is_kept_unless_another_is_clearly_faster() -> None:
+    def sleeper(seconds: float) -> object:
+        return lambda: time.sleep(seconds)
+
+    best, medians = autotune.fastest([sleeper(0.004), sleeper(0.001)], rounds=3)
+    assert best == 1 and medians[0] > medians[1]
+    best, _ = autotune.fastest([sleeper(0.004), sleeper(0.0039)], rounds=3)
+    assert best == 0  # within the margin: timing noise does not switch providers
+
+
+def test_a_remembered_choice_belongs_to_one_machine_and_survives_a_bad_file(
+    tmp_path: Path,
+) -> None:
+    record = tmp_path / "digest.providers.json"
+    assert autotune.remembered(record, "cpu-a", ["cpu", "openvino"]) is None
+    autotune.remember(record, "cpu-a", "openvino", {"cpu": 0.002, "openvino": 0.001})
+    autotune.remember(record, "cpu-b", "cpu", {"cpu": 0.001, "openvino": 0.002})
+    assert autotune.remembered(record, "cpu-a", ["cpu", "openvino"]) == "openvino"
+    assert autotune.remembered(record, "cpu-b", ["cpu", "openvino"]) == "cpu"
+    assert autotune.remembered(record, "cpu-a", ["cpu"]) is None  # no longer a candidate
+    record.write_text("{not json")
+    assert autotune.remembered(record, "cpu-a", ["cpu", "openvino"]) is None
+
+
+@needs_openvino
+def test_a_2d_model_runs_on_the_faster_provider_timed_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    artifact = load_artifact(make_artifact(tmp_path / "m2"))
+    cache = tmp_path / "cache"
+    engine = Engine(artifact, cache_dir=cache, threads=1)
+    (record,) = cache.glob("*.providers.json")
+    choice = json.loads(record.read_text())[autotune.machine_key(1)]
+    assert choice["provider"] == engine.provider
+    assert set(choice["median_ms"]) == {"cpu", "openvino"}
+    assert len(list(cache.glob("*.onnx"))) == 1  # one graph serves both providers in 2D
+    batch = np.random.default_rng(0).normal(size=(3, 1, 24, 24)).astype(np.float32)
+    np.testing.assert_allclose(engine.logits(batch), engine.torch_logits(batch), atol=1e-4)
+
+    def untimed(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("the remembered choice should have been used")
+
+    monkeypatch.setattr(autotune, "fastest", untimed)
+    assert Engine(artifact, cache_dir=cache, threads=1).provider == engine.provider
+    # another thread count is another measurement
+    with pytest.raises(AssertionError, match="remembered"):
+        Engine(artifact, cache_dir=cache, threads=2)
+
+
+@needs_openvino
+def test_a_named_provider_is_used_as_named(tmp_path: Path) -> None:
+    artifact = load_artifact(make_artifact(tmp_path / "m2"))
+    for name in ("cpu", "openvino"):
+        engine = Engine(artifact, cache_dir=tmp_path / "cache", provider=name)
+        assert engine.provider == name
+    assert not list((tmp_path / "cache").glob("*.providers.json"))  # nothing was timed
+    if CUDA not in available():
+        with pytest.raises(ConfigError, match="no cuda provider"):
+            Engine(artifact, cache_dir=tmp_path / "cache", provider="cuda")
+    with pytest.raises(ConfigError, match="unknown provider"):
+        Engine(artifact, provider="tpu")
+    with pytest.raises(ConfigError, match="applies to fp32"):
+        Engine(artifact, provider="cpu", precision="int8")
+    settings = ServeSettings(model_dirs=(artifact.folder,), tokens=(), provider="openvino")
+    service = ModelService(artifact.folder, settings)  # `medlens serve --provider openvino`
+    assert service.engine.provider == "openvino"
+    service.close()

@@ -35,6 +35,13 @@ def serve_command(
             help="fp32; bf16 or int8 once `medlens export --bf16|--int8` has checked them."
         ),
     ] = "fp32",
+    provider: Annotated[
+        str,
+        typer.Option(
+            help="fp32's ONNX Runtime provider: auto (the fastest for the model, timed on "
+            "first load and remembered), cpu, openvino or cuda."
+        ),
+    ] = "auto",
     max_batch: Annotated[int, typer.Option(help="Largest dynamic batch.")] = 32,
     batch_window_ms: Annotated[
         float,
@@ -96,6 +103,7 @@ def serve_command(
         max_queue=max_queue,
         backend=backend,
         precision=precision,
+        provider=provider,
         cors_origins=tuple(cors_origin or ()),
         audit_log=audit_log,
         onnx_cache=cache_dir() / "onnx",

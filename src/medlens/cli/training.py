@@ -360,6 +360,13 @@ def predict_command(
             help="fp32; bf16 or int8 once `medlens export --bf16|--int8` has checked them."
         ),
     ] = "fp32",
+    provider: Annotated[
+        str,
+        typer.Option(
+            help="fp32's ONNX Runtime provider: auto (the fastest for the model, timed on "
+            "first use and remembered), cpu, openvino or cuda."
+        ),
+    ] = "auto",
 ) -> None:
     """Class probabilities and the thresholded decision for each input."""
     from medlens.inference import load_artifact
@@ -368,7 +375,13 @@ def predict_command(
 
     artifact = load_artifact(model_dir)
     items = expand_inputs(inputs)
-    engine = Engine(artifact, backend=backend, cache_dir=cache_dir() / "onnx", precision=precision)
+    engine = Engine(
+        artifact,
+        backend=backend,
+        cache_dir=cache_dir() / "onnx",
+        precision=precision,
+        provider=provider,
+    )
     with progress_bar(f"predicting ({engine.backend_used})") as update:
         rows = list(
             predict_items(artifact, items, batch_size=batch_size, engine=engine, progress=update)

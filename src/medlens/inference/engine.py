@@ -16,7 +16,7 @@ from numpy.typing import NDArray
 
 from medlens.errors import ConfigError, MedlensError
 from medlens.inference.artifact import Artifact
-from medlens.inference.providers import Runtime, runtime_for
+from medlens.inference.providers import Runtime, fp32_candidates, runtime_for
 from medlens.models.forward import batched_logits, combined
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,9 @@ class Engine:
     export works and torch otherwise (and says which in ``backend_used``, and which ONNX Runtime
     provider in ``provider``). ``precision="int8"`` runs the artifact's quantized model
     (`medlens export --int8`) through ONNX Runtime, ``precision="bf16"`` the float32 graph on
-    OpenVINO in bfloat16 (`medlens export --bf16` checks it first); both need ONNX Runtime."""
+    OpenVINO in bfloat16 (`medlens export --bf16` checks it first); both need ONNX Runtime.
+    A float32 model runs on the ONNX Runtime ``provider`` named, or with "auto" on the fastest
+    for it on this machine (:mod:`medlens.inference.autotune`)."""
 
     def __init__(
         self,
@@ -55,6 +57,7 @@ class Engine:
         cache_dir: str | Path | None = None,
         threads: int | None = None,
         precision: str = "fp32",
+        provider: str = "auto",
     ):
         if backend not in BACKENDS:
             raise ConfigError(f"unknown backend {backend!r}; use one of {list(BACKENDS)}")
@@ -62,6 +65,8 @@ class Engine:
             raise ConfigError(f"unknown precision {precision!r}; use one of {list(PRECISIONS)}")
         if precision != "fp32" and backend == "torch":
             raise ConfigError(f"{precision} models run on ONNX Runtime; use --backend onnx or auto")
+        if provider != "auto" and precision != "fp32":
+            raise ConfigError(f"--provider applies to fp32; {precision} has its own provider")
         self.artifact = artifact
         self.tta = artifact.tta
         self._model = combined(artifact.members).eval()
@@ -81,8 +86,11 @@ class Engine:
             self._session = self._onnx_session(cache_dir, threads, self.runtime)
             self.backend_used = "onnx-bf16"
         elif backend != "torch":
+            candidates = fp32_candidates(
+                artifact.spatial_dims, provider
+            )  # a wrong name is an error
             try:
-                self._session = self._onnx_session(cache_dir, threads, self.runtime)
+                self.runtime, self._session = self._fastest(candidates, cache_dir, threads)
                 self.backend_used = "onnx"
             except (MedlensError, ImportError, RuntimeError, OSError) as err:
                 if backend == "onnx":
@@ -91,14 +99,47 @@ class Engine:
                     "ONNX Runtime unavailable for %s (%s); using torch", artifact.folder, err
                 )
 
+    def _cache(self, cache_dir: str | Path | None) -> tuple[Path, str]:
+        folder = Path(cache_dir or self.artifact.folder.parent / ".onnx-cache")
+        return folder, artifact_digest(self.artifact)[:24]
+
+    def _fastest(
+        self, candidates: list[Runtime], cache_dir: str | Path | None, threads: int | None
+    ) -> tuple[Runtime, Any]:
+        """The first of ``candidates`` with its session, or the fastest when there are several:
+        timed on one input (with the artifact's test-time views) on the first load, then
+        remembered in the cache for this machine and thread count."""
+        if len(candidates) == 1:
+            return candidates[0], self._onnx_session(cache_dir, threads, candidates[0])
+        from medlens.inference import autotune
+
+        folder, digest = self._cache(cache_dir)
+        record, key = folder / f"{digest}.providers.json", autotune.machine_key(threads)
+        names = [r.name for r in candidates]
+        chosen = autotune.remembered(record, key, names)
+        if chosen is not None:
+            runtime = candidates[names.index(chosen)]
+            return runtime, self._onnx_session(cache_dir, threads, runtime)
+        sessions = [self._onnx_session(cache_dir, threads, r) for r in candidates]
+        shape = (1, *_input_shape(self.artifact))
+        x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+        calls = [
+            lambda s=s: self.tta.run(lambda views: s.run(None, {"image": views})[0], x)
+            for s in sessions
+        ]
+        best, medians = autotune.fastest(calls)
+        autotune.remember(record, key, names[best], dict(zip(names, medians, strict=True)))
+        return candidates[best], sessions[best]
+
     def _onnx_session(
         self, cache_dir: str | Path | None, threads: int | None, runtime: Runtime
     ) -> Any:
         from medlens.inference.onnx import export_onnx
 
-        folder = Path(cache_dir or self.artifact.folder.parent / ".onnx-cache")
-        graph = "" if runtime.unroll_3d else ".conv3d"
-        path = folder / f"{artifact_digest(self.artifact)[:24]}{graph}.onnx"
+        folder, digest = self._cache(cache_dir)
+        # the two 3D graphs differ (plain Conv3d for OpenVINO, unrolled for the CPU provider)
+        graph = ".conv3d" if self.artifact.spatial_dims == 3 and not runtime.unroll_3d else ""
+        path = folder / f"{digest}{graph}.onnx"
         if not path.is_file():
             folder.mkdir(parents=True, exist_ok=True)
             report = export_onnx(

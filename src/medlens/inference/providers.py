@@ -81,6 +81,35 @@ def runtime_for(
     return Runtime((CPU,))
 
 
+#: what `--provider` may name; "auto" times the candidates (:mod:`medlens.inference.autotune`)
+PROVIDER_NAMES = ("auto", "cpu", "openvino", "cuda")
+
+
+def fp32_candidates(spatial_dims: int, provider: str = "auto") -> list[Runtime]:
+    """The runtimes a float32 model may run on, the default first: the one ``provider`` names,
+    or for "auto" the default and, for a 2D model on a CPU with OpenVINO's provider installed,
+    OpenVINO's (which is faster depends on the model and the machine). 3D models are not timed:
+    their OpenVINO graph is plain Conv3d, the CPU provider's another export (unrolled), and it
+    lost by 1.5-2x in every benchmark run."""
+    if provider not in PROVIDER_NAMES:
+        raise ConfigError(f"unknown provider {provider!r}; use one of {list(PROVIDER_NAMES)}")
+    have = available()
+    if provider == "auto":
+        default = runtime_for(spatial_dims)
+        if default.name == "cpu" and OPENVINO in have:
+            return [default, openvino_runtime()]
+        return [default]
+    wanted = {"cpu": CPU, "openvino": OPENVINO, "cuda": CUDA}[provider]
+    if wanted not in have:
+        raise ConfigError(
+            f"ONNX Runtime here has no {provider} provider (it has {', '.join(have) or 'none'})",
+            fix="use --provider auto",
+        )
+    if provider == "openvino":
+        return [openvino_runtime()]
+    return [Runtime((wanted, CPU) if wanted == CUDA else (CPU,))]
+
+
 def openvino_runtime(bf16: bool = False) -> Runtime:
     """OpenVINO's CPU plugin (plain Conv3d graphs) in float32, or bfloat16 when asked. The hint
     is explicit both ways: on CPUs with AMX the plugin's own default is bfloat16.

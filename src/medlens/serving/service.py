@@ -49,6 +49,7 @@ class ModelService:
             backend=settings.backend,
             cache_dir=settings.onnx_cache,
             precision=settings.precision,
+            provider=settings.provider,
             threads=settings.threads,
         )
         self.engine.warm_up()  # before /ready says yes

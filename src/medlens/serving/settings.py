@@ -34,6 +34,8 @@ class ServeSettings:
     max_queue: int = 64
     backend: str = "auto"
     precision: str = "fp32"
+    #: fp32's ONNX Runtime provider ("auto": the fastest, timed; see inference.autotune)
+    provider: str = "auto"
     #: ONNX Runtime threads per model (None: one per core)
     threads: int | None = None
     cors_origins: tuple[str, ...] = ()
