@@ -264,7 +264,7 @@ def main() -> None:
                 image = read_image(path)
                 e.logits(a.preprocess(image)[None])
 
-            rows: dict[str, Any] = {}
+            rows: dict[str, Any] = {"provider": engine.provider}
             for window in (0.0, 5.0):
                 process, port = _serve(folder, root, window, precision)
                 try:
