@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -276,22 +276,34 @@ def main() -> None:
                         raw.predict()
                         echo.predict()
                         in_process()
-                    local, remote, remote_raw, stages, floor = [], [], [], [], []
-                    for _ in range(LATENCY_REQUESTS):  # interleaved: same background for all
-                        began = time.perf_counter()
-                        status, answer = client.call()
-                        remote.append(time.perf_counter() - began)
+
+                    def post(c: Client) -> bytes:
+                        status, answer = c.call()
                         assert status == 200
-                        stages.append(_stages(json.loads(answer), remote[-1]))
-                        began = time.perf_counter()
-                        assert raw.predict() == 200
-                        remote_raw.append(time.perf_counter() - began)
-                        began = time.perf_counter()
-                        assert echo.predict() == 200
-                        floor.append(time.perf_counter() - began)
-                        began = time.perf_counter()
-                        in_process()
-                        local.append(time.perf_counter() - began)
+                        return answer
+
+                    calls: dict[str, Callable[[], Any]] = {
+                        "http": lambda: post(client),
+                        "raw": lambda: post(raw),
+                        "floor": lambda: post(echo),
+                        "local": in_process,
+                    }
+                    series: dict[str, list[float]] = {label: [] for label in calls}
+                    stages = []
+                    order = np.random.default_rng(0)
+                    # interleaved (same background for all), in a new order every round: the
+                    # first request after the in-process call finds the server's threads
+                    # asleep longest, which in a fixed order always fell on one kind of request
+                    for _ in range(LATENCY_REQUESTS):
+                        for label in order.permutation(list(calls)):
+                            began = time.perf_counter()
+                            answer = calls[label]()
+                            series[label].append(time.perf_counter() - began)
+                            if label == "http":
+                                stages.append(_stages(json.loads(answer), series[label][-1]))
+                    local, remote, remote_raw, floor = (
+                        series[label] for label in ("local", "http", "raw", "floor")
+                    )
                     here = _percentiles(local)
                     there, there_raw = _percentiles(remote), _percentiles(remote_raw)
                     for figures in (there, there_raw):
