@@ -16,7 +16,7 @@ import pytest
 from medlens.errors import ConfigError
 from medlens.inference import autotune, load_artifact
 from medlens.inference.engine import Engine
-from medlens.inference.providers import CUDA, OPENVINO, available, runtime_for
+from medlens.inference.providers import CUDA, OPENVINO, Runtime, available, runtime_for
 from medlens.inference.quantize import quantize_artifact
 from medlens.serving.service import ModelService
 from medlens.serving.settings import ServeSettings
@@ -115,6 +115,22 @@ def test_a_2d_model_runs_on_the_faster_provider_timed_once(
     # another thread count is another measurement
     with pytest.raises(AssertionError, match="remembered"):
         Engine(artifact, cache_dir=cache, threads=2)
+
+
+@needs_openvino
+def test_a_provider_that_fails_on_the_model_leaves_the_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    session = Runtime.session
+
+    def openvino_fails(runtime: Runtime, path: str, threads: int | None = None) -> object:
+        if runtime.name == "openvino":
+            raise RuntimeError("cannot compile this graph")
+        return session(runtime, path, threads)
+
+    monkeypatch.setattr(Runtime, "session", openvino_fails)
+    engine = Engine(load_artifact(make_artifact(tmp_path / "m2")), cache_dir=tmp_path / "cache")
+    assert (engine.backend_used, engine.provider) == ("onnx", "cpu")  # not torch
 
 
 @needs_openvino

@@ -86,9 +86,8 @@ class Engine:
             self._session = self._onnx_session(cache_dir, threads, self.runtime)
             self.backend_used = "onnx-bf16"
         elif backend != "torch":
-            candidates = fp32_candidates(
-                artifact.spatial_dims, provider
-            )  # a wrong name is an error
+            # outside the fallback below: a provider that is named but missing is an error
+            candidates = fp32_candidates(artifact.spatial_dims, provider)
             try:
                 self.runtime, self._session = self._fastest(candidates, cache_dir, threads)
                 self.backend_used = "onnx"
@@ -120,7 +119,13 @@ class Engine:
         if chosen is not None:
             runtime = candidates[names.index(chosen)]
             return runtime, self._onnx_session(cache_dir, threads, runtime)
-        sessions = [self._onnx_session(cache_dir, threads, r) for r in candidates]
+        sessions = [self._onnx_session(cache_dir, threads, candidates[0])]
+        for runtime in candidates[1:]:
+            try:
+                sessions.append(self._onnx_session(cache_dir, threads, runtime))
+            except (MedlensError, RuntimeError, OSError) as err:  # the default still serves
+                log.warning("%s provider unavailable for this model (%s)", runtime.name, err)
+                return candidates[0], sessions[0]
         shape = (1, *_input_shape(self.artifact))
         x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
         calls = [

@@ -4,9 +4,10 @@ On x86-64 Linux medlens installs ONNX Runtime's OpenVINO build (`onnxruntime-ope
 keeps the CPU provider and adds OpenVINO's. Its CPU plugin has direct (oneDNN) 3D convolutions,
 so 3D models run on it as plain Conv3d graphs: CompactNet 3D at batch 32 took 2.1 ms per volume
 there against 3.4 / 4.7 ms on the CPU provider (Conv3d unrolled to 2D / plain) and 3.0 ms in
-torch eager (`benchmarks/bench_inference_latency.py`). 2D models were not faster on it
-(ResNet-18 224^2 28.2 vs 26.5 ms; CompactNet 28^2 at batch 1 0.62 vs 0.52 ms, medians of 200
-interleaved calls), so they stay on the CPU provider. A CUDA provider, when present, wins.
+torch eager (`benchmarks/bench_inference_latency.py`). Which of the two runs a 2D model faster
+varies with the model and the machine, so the engine times both when it first loads one
+(:mod:`medlens.inference.autotune`); the CPU provider is the default. A CUDA provider, when
+present, wins.
 
 bfloat16 (``precision="bf16"``) runs every model on OpenVINO's provider with its CPU plugin's
 inference-precision hint, on CPUs that compute bfloat16 natively (AVX512-BF16 or AMX); the
