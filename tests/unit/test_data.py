@@ -19,10 +19,11 @@ from medlens.data import (
     manifest_from_dicom_tree,
     patient_split,
 )
+from medlens.data.builders import default_patient_ids
 from medlens.data.check import check_dataset
 from medlens.data.fake_dicom import SeriesSpec, write_dicom_series
 from medlens.data.synthetic import chest_dataset, chest_phantom, ct_phantom, write_chest_folder
-from medlens.errors import LeakageError, ManifestError
+from medlens.errors import ConfigError, LeakageError, ManifestError
 from medlens.transforms import Pipeline, Resize, ZScore
 
 
@@ -63,6 +64,48 @@ def test_split_layout_folder(tmp_path: Path) -> None:
         write_chest_folder(tmp_path / split, 6, size=16, seed=1 if split == "test" else 0)
     manifest = load_manifest(tmp_path)
     assert {r["split"] for r in manifest} == {"train", "test"}
+
+
+def _pngs(root: Path, names: dict[str, list[str]]) -> None:
+    from PIL import Image
+
+    for folder, files in names.items():
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        for name in files:
+            Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / folder / name)
+
+
+def test_patient_ids_from_file_names(tmp_path: Path) -> None:
+    # Kermany-style names: the prefix before "_" is the patient, a name without "_" is its own
+    ids, why_not = default_patient_ids(
+        ["a/person1_virus_1.png", "a/person1_virus_2.png", "b/IM-0001.png", "b/person2_x.png"],
+        {"a", "b"},
+    )
+    assert ids == ["person1", "person1", "b/IM-0001.png", "person2"] and why_not is None
+    # prefixes that cannot be patients: a class name, a split name, one shared by most files
+    for paths in (
+        ["normal/normal_1.png", "sick/sick_1.png"],
+        ["test/a/test_1.png", "test/b/test_2.png"],
+        [f"{c}/IMG_{i:04d}.png" for c in "ab" for i in range(20)],
+    ):
+        ids, why_not = default_patient_ids(paths, {"normal", "sick", "a", "b"})
+        assert ids == paths and why_not
+    # numbering that restarts in every folder is not one patient in every split
+    folders = [f"{split}/{c}" for split in ("train", "test") for c in ("normal", "sick")]
+    _pngs(tmp_path, {folder: [f"{i:04d}.png" for i in range(3)] for folder in folders})
+    manifest = load_manifest(tmp_path)
+    assert len({r["patient_id"] for r in manifest}) == 12 and check_leakage(manifest).ok
+
+
+def test_patient_regex_overrides_and_applies_to_folders_only(tmp_path: Path) -> None:
+    _pngs(
+        tmp_path / "data", {"normal": ["scan-P1-a.png", "scan-P1-b.png"], "sick": ["scan-P2-a.png"]}
+    )
+    manifest = load_manifest(tmp_path / "data", patient_regex=r"-(P\d+)-")
+    assert sorted(r["patient_id"] for r in manifest) == ["P1", "P1", "P2"]
+    manifest.write(tmp_path / "m.csv")
+    with pytest.raises(ConfigError, match=r"m\.csv.*class folder"):
+        load_manifest(tmp_path / "m.csv", patient_regex=r"(P\d+)")
 
 
 def test_kfold_groups_patients(chest_folder: Path) -> None:

@@ -132,6 +132,8 @@ def test_bootstrap_interval_brackets_the_estimate_and_respects_patients() -> Non
     naive = bootstrap_ci(fn10, 300, resamples=300)["auc"]
     by_patient = bootstrap_ci(fn10, 300, groups=groups, resamples=300)["auc"]
     assert by_patient[1] - by_patient[0] > 1.5 * (naive[1] - naive[0])
+    # one patient: every resample is the same images, so no interval rather than a zero-width one
+    assert bootstrap_ci(fn10, 300, groups=["P1"] * 300, resamples=50) == {}
 
 
 def test_evaluate_scores_freezes_the_validation_threshold() -> None:

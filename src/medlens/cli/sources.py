@@ -8,8 +8,9 @@ from medlens.data.medmnist import fetch_medmnist, find_local
 from medlens.errors import ConfigError
 
 
-def resolve_data(source: str) -> Manifest:
-    """``medmnist:pneumoniamnist`` (local copy in the data folders, else downloaded) or a path."""
+def resolve_data(source: str, *, patient_regex: str | None = None) -> Manifest:
+    """``medmnist:pneumoniamnist`` (local copy in the data folders, else downloaded) or a path;
+    ``patient_regex`` reads patient ids from the file names of a class folder."""
     if source.startswith("medmnist:"):
         name, _, size_text = source.removeprefix("medmnist:").partition(":")
         try:
@@ -20,4 +21,4 @@ def resolve_data(source: str) -> Manifest:
             name, size=size, cache_dir=cache_dir() / "medmnist"
         )
         return load_manifest(path)
-    return load_manifest(source)
+    return load_manifest(source, patient_regex=patient_regex)

@@ -35,6 +35,14 @@ TaskOpt = Annotated[
     str | None,
     typer.Option("--task", help="binary, multiclass, multilabel or ordinal (default: inferred)."),
 ]
+PatientOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--patient-regex",
+        help="Class folders: a regex whose first group in a file name is the patient id "
+        "(default: the name up to its first '_', when that reads as one).",
+    ),
+]
 
 
 def parse_duration(text: str) -> float:
@@ -122,12 +130,13 @@ def plan_command(
     ] = 0,
     sets: SetOpt = None,
     config: ConfigOpt = None,
+    patient_regex: PatientOpt = None,
 ) -> None:
     """Fingerprint DATA and this machine and write a training plan (JSON) for the time budget."""
     from medlens.data.labels import infer_labels
     from medlens.training.run import ensure_splits
 
-    manifest = resolve_data(data)
+    manifest = resolve_data(data, patient_regex=patient_regex)
     labels = infer_labels(manifest, task=task)
     check_folds(folds)
     manifest, _ = ensure_splits(manifest, seed=seed)
@@ -241,12 +250,13 @@ def train_command(
     ] = False,
     sets: SetOpt = None,
     config: ConfigOpt = None,
+    patient_regex: PatientOpt = None,
 ) -> None:
     """Train a classifier on DATA, evaluate it on the test split, and save the model artifact."""
     from medlens.training.run import train_run
 
     check_folds(folds)
-    manifest = resolve_data(data)
+    manifest = resolve_data(data, patient_regex=patient_regex)
     overrides = collect_overrides(sets, config)
     if init_from is not None:
         overrides.update(init_from=str(init_from), freeze_backbone=freeze_backbone)
@@ -306,6 +316,7 @@ def evaluate_command(
         ),
     ] = None,
     resamples: Annotated[int, typer.Option(help="Bootstrap resamples for the CIs.")] = 1000,
+    patient_regex: PatientOpt = None,
 ) -> None:
     """Evaluate a model on DATA: metrics with 95% CIs, calibration, report.html."""
     from dataclasses import replace
@@ -317,7 +328,7 @@ def evaluate_command(
     from medlens.training.run import gallery
 
     artifact = load_artifact(model_dir)
-    manifest = resolve_data(data)
+    manifest = resolve_data(data, patient_regex=patient_regex)
     metrics, prepared, test = evaluate_artifact(
         artifact,
         manifest,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import logging
 import re
+from collections import Counter
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -11,10 +13,12 @@ from typing import Any
 import numpy as np
 
 from medlens.data.manifest import SPLITS, Manifest
-from medlens.errors import DataError, ManifestError
+from medlens.errors import ConfigError, DataError, ManifestError
 from medlens.io import MedicalImage, is_medmnist, read_image, read_medmnist, split_selector
 from medlens.io.dicom_series import scan_series
 from medlens.io.npz import medmnist_image
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {
     ".png",
@@ -61,7 +65,7 @@ def manifest_from_folder(root: str | Path, *, patient_regex: str | None = None) 
     Args:
         root: the folder.
         patient_regex: regular expression whose first group (or whole match) in the file name is
-            the patient id, e.g. ``r"(person\\d+)"``; by default the name up to the first ``_``.
+            the patient id, e.g. ``r"(person\\d+)"``; by default see :func:`default_patient_ids`.
     """
     root = Path(root)
     if not root.is_dir():
@@ -84,23 +88,65 @@ def manifest_from_folder(root: str | Path, *, patient_regex: str | None = None) 
         )
         for class_dir, split in class_dirs:
             for image in _images_in(class_dir):
-                row = {
-                    "path": str(image.relative_to(root)),
-                    "label": class_dir.name,
-                    "patient_id": _patient_id(image.name, pattern),
-                }
+                row = {"path": str(image.relative_to(root)), "label": class_dir.name}
+                if pattern is not None:
+                    row["patient_id"] = _patient_id(image.name, pattern)
                 if split:
                     row["split"] = split
                 rows.append(row)
     if not rows:
         raise DataError("no image files found in the class sub-folders", path=root)
+    if pattern is None:
+        ids, why_not = default_patient_ids([r["path"] for r in rows], {r["label"] for r in rows})
+        if why_not:
+            log.warning(
+                "%s: file names give no patient ids (%s), so each image counts as its own "
+                "patient; if several images share one, give --patient-regex (e.g. '^([^_]+)_') "
+                "so that splits and confidence intervals keep them together",
+                root,
+                why_not,
+            )
+        for row, patient in zip(rows, ids, strict=True):
+            row["patient_id"] = patient
     return Manifest(rows, root)
 
 
-def _patient_id(name: str, pattern: re.Pattern[str] | None) -> str:
-    stem = name.split(".")[0]
-    if pattern is None:
-        return stem.split("_")[0]
+#: the most of a dataset's images (of at least MIN_IMAGES) that one file-name prefix may hold
+#: and still be read as a patient id: "IMG_0001.png"-style names hold them all
+MAX_PATIENT_SHARE, MIN_IMAGES = 0.25, 20
+
+
+def default_patient_ids(paths: list[str], names: set[str]) -> tuple[list[str], str | None]:
+    """Patient ids of files in class folders when no regex is given, and why the file names
+    were not read as patient ids (None when they were).
+
+    A file's patient is the name up to its first ``_`` (``person12_virus_3.jpeg`` ->
+    ``person12``, as in the Kermany chest X-ray set), and the file itself when the name has no
+    ``_``. Prefixes that cannot be patients turn that reading off for every file (each is its
+    own patient): one that names a class or a split in ``names`` (``normal_001.png``,
+    ``test_17.png``), or one shared by over a quarter of the images (``IMG_0001.png``). Files are
+    named by their path, so ``0001.png`` in two folders are two patients, not one leak."""
+    prefixes = [_prefix(Path(p).name) for p in paths]
+    counts = Counter(p for p in prefixes if p)
+    reserved = {n.lower() for n in names} | set(_SPLIT_ALIASES)
+    why_not = None
+    if named := sorted(p for p in counts if p.lower() in reserved):
+        why_not = f"the prefix {named[0]!r} is a class or split name"
+    elif counts and len(paths) >= MIN_IMAGES:
+        top, n_top = counts.most_common(1)[0]
+        if n_top > MAX_PATIENT_SHARE * len(paths):
+            why_not = f"{n_top} of {len(paths)} file names start with {top + '_'!r}"
+    if why_not or not counts:
+        return list(paths), why_not
+    return [prefix or path for prefix, path in zip(prefixes, paths, strict=True)], None
+
+
+def _prefix(name: str) -> str | None:
+    head, sep, _ = name.split(".")[0].partition("_")
+    return head if sep and head else None
+
+
+def _patient_id(name: str, pattern: re.Pattern[str]) -> str:
     match = pattern.search(name)
     if match is None:
         raise ManifestError(f"patient regex {pattern.pattern!r} does not match file name {name!r}")
@@ -182,6 +228,12 @@ def load_manifest(source: str | Path, *, patient_regex: str | None = None) -> Ma
     path = Path(source)
     if path.is_dir():
         return manifest_from_folder(path, patient_regex=patient_regex)
+    if patient_regex is not None:
+        raise ConfigError(
+            "--patient-regex reads patient ids from the file names of a class folder",
+            path=path,
+            fix="a manifest CSV has its own patient_id column; MedMNIST has no patient ids",
+        )
     if not path.exists():
         raise DataError("file or folder not found", path=path)
     if path.suffix.lower() == ".npz" or is_medmnist(path):

@@ -22,7 +22,9 @@ def bootstrap_ci(
     """``{metric: [low, high]}`` for the scalar metrics ``metric_fn(indices)`` returns.
 
     With ``groups`` (patient ids) whole patients are resampled, so several images of one
-    patient do not make the interval look narrower than the evidence allows.
+    patient do not make the interval look narrower than the evidence allows. One patient (or
+    none) gives no interval at all: every resample would be the same images, a zero-width
+    interval that claims certainty.
     """
     rng = np.random.default_rng(seed)
     if groups is not None:
@@ -30,6 +32,8 @@ def bootstrap_ci(
         for i, g in enumerate(groups):
             members.setdefault(g, []).append(i)
         clusters = [np.asarray(v) for v in members.values()]
+        if len(clusters) < 2:
+            return {}
     samples: dict[str, list[float]] = {}
     for _ in range(resamples):
         if groups is not None:

@@ -3,6 +3,7 @@ and applied to test, with patient-level bootstrap confidence intervals."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,8 @@ from medlens.metrics import (
     roc_curve,
 )
 from medlens.models.forward import to_probabilities
+
+log = logging.getLogger(__name__)
 
 HEADLINE = ("auc", "accuracy", "sensitivity", "specificity", "f1")
 
@@ -134,6 +137,12 @@ def evaluate_scores(
     test_metrics["ci"] = bootstrap_ci(
         scalar, len(y), groups=test.groups, resamples=resamples, seed=seed
     )
+    if not test_metrics["ci"] and len(y):
+        log.warning(
+            "no confidence intervals: the %s split has one patient, and resampling patients "
+            "needs several (are the patient ids right? see --patient-regex)",
+            test.split,
+        )
     ece, bins = calibration_figures(y, probs, labels)
     test_metrics["ece"] = ece
     test_metrics["ece_uncalibrated"] = calibration_figures(y, raw, labels)[0]
