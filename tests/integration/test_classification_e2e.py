@@ -87,6 +87,7 @@ def test_training_learned_and_wrote_everything(trained: tuple[Path, dict[str, ob
     assert html.count("data:image/png;base64") >= 4
     meta = json.loads((run / "model/model.json").read_text())
     assert meta["labels"]["classes"] == ["nodule", "normal"]
+    assert meta["name"] == "run"  # served as /v1/models/run/predict
     assert meta["data_hash"] and meta["versions"]["torch"]
     assert meta["operating_point"]["threshold"] == metrics["threshold"]
     # 40 px phantoms: scored over the 9 one-pixel shifts, and the artifact predicts the same way

@@ -507,3 +507,11 @@ def test_metrics_of_all_workers_are_summed(tmp_path: Path) -> None:
     assert 'medlens_request_seconds_bucket{route="predict",model="m",le="0.025"} 2' in text
     assert 'medlens_queue_depth{model="m"} 3' in text
     assert 'medlens_batches_total{model="m"} 3' in text
+
+
+def test_a_run_names_its_model_for_urls(tmp_path: Path) -> None:
+    from medlens.training.run import model_name
+
+    assert model_name(tmp_path / "pneumonia") == "pneumonia"
+    assert model_name(tmp_path / "my run (2)") == "my-run-2"
+    assert model_name(Path("/")) is None  # the architecture's name then

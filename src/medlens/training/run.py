@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -289,6 +290,13 @@ def _train_folds(
     return results, val
 
 
+def model_name(run_dir: Path) -> str | None:
+    """The name a run's model is served under (`/v1/models/NAME/predict`): its run folder's, in
+    URL-safe characters; None (the architecture's) for a folder named without any."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", run_dir.resolve().name).strip("-.")
+    return name[:64] or None
+
+
 def _save_outputs(
     ctx: _Context,
     data: PreparedData,
@@ -317,6 +325,7 @@ def _save_outputs(
         },
         metrics={"test": headline, "ci": metrics["test"]["ci"], "n_test": metrics["test"]["n"]},
         data_hash=data.data_hash,
+        name=model_name(ctx.run_dir),
     )
     write_report(
         ctx.run_dir / "report.html",
