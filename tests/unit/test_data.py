@@ -16,6 +16,7 @@ from medlens.data import (
     check_leakage,
     kfold,
     load_manifest,
+    load_sample,
     manifest_from_dicom_tree,
     patient_split,
 )
@@ -106,6 +107,26 @@ def test_patient_regex_overrides_and_applies_to_folders_only(tmp_path: Path) -> 
     manifest.write(tmp_path / "m.csv")
     with pytest.raises(ConfigError, match=r"m\.csv.*class folder"):
         load_manifest(tmp_path / "m.csv", patient_regex=r"(P\d+)")
+
+
+def test_a_dicom_series_in_a_class_folder_is_one_sample(tmp_path: Path) -> None:
+    volume = np.random.default_rng(0).normal(0, 100, (5, 8, 8)).astype(np.float32)
+    for i, label in enumerate(["clean", "clean", "lesion"]):
+        spec = SeriesSpec(patient_id=f"PAT{i}")
+        write_dicom_series(volume, tmp_path / label / f"case{i}" / "ct", spec)
+    # two radiographs of one patient in one series are two images, not a 2-slice volume
+    write_dicom_series(volume[:2], tmp_path / "lesion" / "xr", SeriesSpec(modality="DX"))
+    _pngs(tmp_path, {"lesion": ["snapshot.png"]})
+    manifest = load_manifest(tmp_path)
+    series = sorted((r["path"], r["patient_id"]) for r in manifest if r.get("series_uid"))
+    assert series == [
+        ("clean/case0/ct", "PAT0"),
+        ("clean/case1/ct", "PAT1"),
+        ("lesion/case2/ct", "PAT2"),
+    ]
+    others = sorted(r["path"] for r in manifest if not r.get("series_uid"))
+    assert len(others) == 3 and others[0] == "lesion/snapshot.png"
+    assert load_sample(manifest, manifest.rows[0]).spatial_shape == (5, 8, 8)
 
 
 def test_kfold_groups_patients(chest_folder: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 import re
 from collections import Counter
 from functools import lru_cache
@@ -15,7 +16,7 @@ import numpy as np
 from medlens.data.manifest import SPLITS, Manifest
 from medlens.errors import ConfigError, DataError, ManifestError
 from medlens.io import MedicalImage, is_medmnist, read_image, read_medmnist, split_selector
-from medlens.io.dicom_series import scan_series
+from medlens.io.dicom_series import is_volume, scan_series
 from medlens.io.npz import medmnist_image
 
 log = logging.getLogger(__name__)
@@ -60,12 +61,13 @@ def _images_in(folder: Path) -> list[Path]:
 
 
 def manifest_from_folder(root: str | Path, *, patient_regex: str | None = None) -> Manifest:
-    """One row per image in ``root/<class>/...``; ``root/<split>/<class>/...`` also sets the split.
+    """One row per sample in ``root/<class>/...`` (an image file, or a DICOM series of several
+    slices); ``root/<split>/<class>/...`` also sets the split.
 
     Args:
         root: the folder.
-        patient_regex: regular expression whose first group (or whole match) in the file name is
-            the patient id, e.g. ``r"(person\\d+)"``; by default see :func:`default_patient_ids`.
+        patient_regex: regular expression whose first group (or whole match) in the file name
+            (a series: its folder's name) is the patient id, e.g. ``r"(person\\d+)"``; by default see :func:`default_patient_ids`.
     """
     root = Path(root)
     if not root.is_dir():
@@ -79,7 +81,8 @@ def manifest_from_folder(root: str | Path, *, patient_regex: str | None = None) 
         )
     pattern = re.compile(patient_regex) if patient_regex else None
     split_layout = all(p.name.lower() in _SPLIT_ALIASES for p in subdirs)
-    rows = []
+    rows: list[dict[str, str]] = []
+    tags: list[str | None] = []  # PatientID of DICOM samples
     for top in subdirs:
         class_dirs = (
             [(p, _SPLIT_ALIASES[top.name.lower()]) for p in sorted(top.iterdir()) if p.is_dir()]
@@ -87,58 +90,85 @@ def manifest_from_folder(root: str | Path, *, patient_regex: str | None = None) 
             else [(top, "")]
         )
         for class_dir, split in class_dirs:
-            for image in _images_in(class_dir):
-                row = {"path": str(image.relative_to(root)), "label": class_dir.name}
-                if pattern is not None:
-                    row["patient_id"] = _patient_id(image.name, pattern)
+            for row, tag in _samples_in(class_dir, root):
+                row["label"] = class_dir.name
                 if split:
                     row["split"] = split
                 rows.append(row)
+                tags.append(tag)
     if not rows:
         raise DataError("no image files found in the class sub-folders", path=root)
-    if pattern is None:
-        ids, why_not = default_patient_ids([r["path"] for r in rows], {r["label"] for r in rows})
+    if pattern is not None:
+        ids = [_patient_id(Path(r["path"]).name, pattern) for r in rows]
+    else:
+        paths, names = [r["path"] for r in rows], {r["label"] for r in rows}
+        ids, why_not = default_patient_ids(paths, names, tags)
         if why_not:
             log.warning(
-                "%s: file names give no patient ids (%s), so each image counts as its own "
+                "%s: the data give no patient ids (%s), so each image counts as its own "
                 "patient; if several images share one, give --patient-regex (e.g. '^([^_]+)_') "
                 "so that splits and confidence intervals keep them together",
                 root,
                 why_not,
             )
-        for row, patient in zip(rows, ids, strict=True):
-            row["patient_id"] = patient
+    for row, patient in zip(rows, ids, strict=True):
+        row["patient_id"] = patient
     return Manifest(rows, root)
 
 
-#: the most of a dataset's images (of at least MIN_IMAGES) that one file-name prefix may hold
-#: and still be read as a patient id: "IMG_0001.png"-style names hold them all
+def _samples_in(folder: Path, root: Path) -> list[tuple[dict[str, str], str | None]]:
+    """The samples in one class folder, each with the PatientID of its DICOM header (None for
+    other files): a DICOM series of several slices is one sample (its folder and series UID),
+    not one 2D sample per slice; a radiograph or any other image file is one."""
+    samples: list[tuple[dict[str, str], str | None]] = []
+    dicom: set[Path] = set()
+    for info in scan_series(folder).values():
+        dicom.update(info.files)
+        if is_volume(info):
+            parent = Path(os.path.commonpath([f.parent for f in info.files]))
+            row = {"path": str(parent.relative_to(root)), "series_uid": info.uid}
+            samples.append(({**row, "study_id": info.study_uid or ""}, info.patient_id))
+        else:
+            samples += [({"path": str(f.relative_to(root))}, info.patient_id) for f in info.files]
+    for image in _images_in(folder):
+        # a .dcm file outside every series holds no image (a report, a DICOMDIR)
+        if image not in dicom and image.suffix.lower() != ".dcm":
+            samples.append(({"path": str(image.relative_to(root))}, None))
+    return samples
+
+
+#: the most of a dataset's samples (of at least MIN_IMAGES) that one id may hold and still be
+#: read as a patient: "IMG_0001.png"-style names hold them all
 MAX_PATIENT_SHARE, MIN_IMAGES = 0.25, 20
 
 
-def default_patient_ids(paths: list[str], names: set[str]) -> tuple[list[str], str | None]:
-    """Patient ids of files in class folders when no regex is given, and why the file names
-    were not read as patient ids (None when they were).
+def default_patient_ids(
+    paths: list[str], names: set[str], tags: list[str | None] | None = None
+) -> tuple[list[str], str | None]:
+    """Patient ids of the samples of class folders when no regex is given, and why the data
+    were not read as giving them (None when they were).
 
-    A file's patient is the name up to its first ``_`` (``person12_virus_3.jpeg`` ->
-    ``person12``, as in the Kermany chest X-ray set), and the file itself when the name has no
-    ``_``. Prefixes that cannot be patients turn that reading off for every file (each is its
-    own patient): one that names a class or a split in ``names`` (``normal_001.png``,
-    ``test_17.png``), or one shared by over a quarter of the images (``IMG_0001.png``). Files are
-    named by their path, so ``0001.png`` in two folders are two patients, not one leak."""
-    prefixes = [_prefix(Path(p).name) for p in paths]
-    counts = Counter(p for p in prefixes if p)
+    A sample's patient is its DICOM PatientID (``tags``) where it has one, else its file name
+    up to the first ``_`` (``person12_virus_3.jpeg`` -> ``person12``, as in the Kermany chest
+    X-ray set), else the sample itself. Ids that cannot be patients turn that reading off for
+    every sample (each is its own patient): one that names a class or a split in ``names``
+    (``normal_001.png``, ``test_17.png``), or one shared by over a quarter of the samples
+    (``IMG_0001.png``, a PatientID blanked to one value). Samples are named by their path, so
+    ``0001.png`` in two folders are two patients, not one leak."""
+    tags = tags or [None] * len(paths)
+    found = [tag or _prefix(Path(p).name) for p, tag in zip(paths, tags, strict=True)]
+    counts = Counter(p for p in found if p)
     reserved = {n.lower() for n in names} | set(_SPLIT_ALIASES)
     why_not = None
     if named := sorted(p for p in counts if p.lower() in reserved):
-        why_not = f"the prefix {named[0]!r} is a class or split name"
+        why_not = f"the id {named[0]!r} is a class or split name"
     elif counts and len(paths) >= MIN_IMAGES:
         top, n_top = counts.most_common(1)[0]
         if n_top > MAX_PATIENT_SHARE * len(paths):
-            why_not = f"{n_top} of {len(paths)} file names start with {top + '_'!r}"
+            why_not = f"{n_top} of {len(paths)} samples would be patient {top!r}"
     if why_not or not counts:
         return list(paths), why_not
-    return [prefix or path for prefix, path in zip(prefixes, paths, strict=True)], None
+    return [patient or path for patient, path in zip(found, paths, strict=True)], None
 
 
 def _prefix(name: str) -> str | None:

@@ -20,7 +20,7 @@ from medlens.errors import DataError, MedlensError
 from medlens.inference.artifact import Artifact
 from medlens.inference.engine import Engine
 from medlens.io import read_image
-from medlens.io.dicom_series import looks_like_dicom, scan_series
+from medlens.io.dicom_series import is_volume, looks_like_dicom, scan_series
 
 
 @dataclass(frozen=True)
@@ -46,8 +46,10 @@ def expand_inputs(inputs: Sequence[str | Path]) -> list[InputItem]:
             items.append(InputItem(path))
             continue
         for info in scan_series(path).values():
-            single = len(info.files) == 1
-            items.append(InputItem(info.files[0]) if single else InputItem(path, info.uid))
+            if is_volume(info):
+                items.append(InputItem(path, info.uid))
+            else:
+                items += [InputItem(f) for f in info.files]
         items += [
             InputItem(p)
             for p in sorted(path.rglob("*"))

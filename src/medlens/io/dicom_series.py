@@ -70,6 +70,15 @@ def looks_like_dicom(path: Path) -> bool:
     return path.suffix.lower() in _RAW_DICOM_SUFFIXES and head[:2] in (b"\x08\x00", b"\x02\x00")
 
 
+#: modalities whose images are projections: several in one series are views, not slices
+PROJECTION_MODALITIES = {"CR", "DX", "MG", "XA", "RF", "IO", "PX"}
+
+
+def is_volume(info: SeriesInfo) -> bool:
+    """Whether a series is read as one volume (its slices stacked) rather than image by image."""
+    return len(info.files) > 1 and (info.modality or "").upper() not in PROJECTION_MODALITIES
+
+
 def dicom_files(folder: Path) -> list[Path]:
     """All DICOM-looking files under ``folder`` (recursive, sorted for reproducibility)."""
     return [p for p in sorted(folder.rglob("*")) if p.is_file() and looks_like_dicom(p)]
