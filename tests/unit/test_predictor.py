@@ -42,8 +42,13 @@ def test_series_folders_files_and_bad_inputs(model_3d: Path, tmp_path: Path) -> 
         MedicalImage(rng.normal(size=(1, 9, 9, 9)).astype(np.float32)), tmp_path / "v.nii.gz"
     )
     flat = write_image(MedicalImage(rng.random((1, 16, 16)).astype(np.float32)), tmp_path / "x.png")
+    write_dicom_series(rng.normal(0, 100, (2, 16, 16)), studies / "xr", SeriesSpec(modality="DX"))
     items = expand_inputs([studies, nifti, flat])
-    assert len(items) == 4 and sum(1 for i in items if i.series_uid) == 2
+    assert len(items) == 6 and sum(1 for i in items if i.series_uid) == 2
+    # each series is read from its own folder; two radiographs of a series are two images
+    assert sorted(i.path.name for i in items if i.series_uid) == ["a", "b"]
+    assert sum(1 for i in items if i.path.parent.name == "xr") == 2
+    items = [i for i in items if i.path.parent.name != "xr"]
     artifact = load_artifact(model_3d)
     rows = list(predict_items(artifact, items, batch_size=3))
     assert len(rows) == 4

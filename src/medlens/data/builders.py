@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 import re
 from collections import Counter
 from functools import lru_cache
@@ -16,7 +15,7 @@ import numpy as np
 from medlens.data.manifest import SPLITS, Manifest
 from medlens.errors import ConfigError, DataError, ManifestError
 from medlens.io import MedicalImage, is_medmnist, read_image, read_medmnist, split_selector
-from medlens.io.dicom_series import is_volume, scan_series
+from medlens.io.dicom_series import is_volume, scan_series, series_folder
 from medlens.io.npz import medmnist_image
 
 log = logging.getLogger(__name__)
@@ -125,8 +124,7 @@ def _samples_in(folder: Path, root: Path) -> list[tuple[dict[str, str], str | No
     for info in scan_series(folder).values():
         dicom.update(info.files)
         if is_volume(info):
-            parent = Path(os.path.commonpath([f.parent for f in info.files]))
-            row = {"path": str(parent.relative_to(root)), "series_uid": info.uid}
+            row = {"path": str(series_folder(info).relative_to(root)), "series_uid": info.uid}
             samples.append(({**row, "study_id": info.study_uid or ""}, info.patient_id))
         else:
             samples += [({"path": str(f.relative_to(root))}, info.patient_id) for f in info.files]

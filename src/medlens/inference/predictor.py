@@ -20,7 +20,7 @@ from medlens.errors import DataError, MedlensError
 from medlens.inference.artifact import Artifact
 from medlens.inference.engine import Engine
 from medlens.io import read_image
-from medlens.io.dicom_series import is_volume, looks_like_dicom, scan_series
+from medlens.io.dicom_series import is_volume, looks_like_dicom, scan_series, series_folder
 
 
 @dataclass(frozen=True)
@@ -46,8 +46,8 @@ def expand_inputs(inputs: Sequence[str | Path]) -> list[InputItem]:
             items.append(InputItem(path))
             continue
         for info in scan_series(path).values():
-            if is_volume(info):
-                items.append(InputItem(path, info.uid))
+            if is_volume(info):  # read from the series' own folder, not the whole tree again
+                items.append(InputItem(series_folder(info), info.uid))
             else:
                 items += [InputItem(f) for f in info.files]
         items += [

@@ -8,6 +8,7 @@ with an actionable error, or - when asked - resampled onto a regular orthogonal 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +78,11 @@ PROJECTION_MODALITIES = {"CR", "DX", "MG", "XA", "RF", "IO", "PX"}
 def is_volume(info: SeriesInfo) -> bool:
     """Whether a series is read as one volume (its slices stacked) rather than image by image."""
     return len(info.files) > 1 and (info.modality or "").upper() not in PROJECTION_MODALITIES
+
+
+def series_folder(info: SeriesInfo) -> Path:
+    """The deepest folder holding every file of a series (what to read it from)."""
+    return Path(os.path.commonpath([f.parent for f in info.files]))
 
 
 def dicom_files(folder: Path) -> list[Path]:
