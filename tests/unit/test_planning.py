@@ -59,6 +59,9 @@ def test_plan_follows_the_fingerprint(plan: Plan) -> None:
     assert plan.model == "compactnet" and plan.model_options["stem_stride"] == 1
     assert plan.labels["classes"] == ["nodule", "normal"]
     assert plan.fingerprint["counts"]["train"] > 0 and plan.hardware["gpu"] is None
+    # the phantoms' follow-up images share a patient: fewer patients than images per split
+    patients, counts = plan.fingerprint["patients"], plan.fingerprint["counts"]
+    assert patients.keys() == counts.keys() and sum(patients.values()) < sum(counts.values())
     assert plan.estimates["epoch_s"] > 0 and 1 <= plan.epochs <= 200
 
 

@@ -70,7 +70,9 @@ def show_plan(plan: Plan) -> None:
     rows = [
         (
             "data",
-            f"{fp.get('counts')} {fp.get('spatial_dims')}D, median shape {fp.get('median_shape')}, "
+            f"{fp.get('counts')} {fp.get('spatial_dims')}D, "
+            + (f"patients {fp['patients']}, " if fp.get("patients") else "")
+            + f"median shape {fp.get('median_shape')}, "
             f"channels {fp.get('channels')}, classes {fp.get('class_counts')}",
         ),
         (

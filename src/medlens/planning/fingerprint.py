@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -35,6 +35,8 @@ class DatasetFingerprint:
     sampled: int
     #: the largest ratio, over axes, of the sample's largest to smallest spacing (1.0: one spacing)
     spacing_ratio: float = 1.0
+    #: distinct patients per split: what splits and confidence intervals resample
+    patients: dict[str, int] = field(default_factory=dict)
 
     @property
     def one_grid(self) -> bool:
@@ -111,6 +113,7 @@ def fingerprint_dataset(
     )
     return DatasetFingerprint(
         counts=dict(Counter(r.get("split") or "unsplit" for r in rows)),
+        patients={split: len(ids) for split, ids in _patients_per_split(rows).items()},
         spatial_dims=dims.pop(),
         median_shape=[int(v) for v in np.median(shape_arr, axis=0)],
         min_shape=[int(v) for v in shape_arr.min(axis=0)],
@@ -131,6 +134,13 @@ def fingerprint_dataset(
         sampled=len(chosen),
         spacing_ratio=_spacing_ratio(np.asarray(spacings, dtype=np.float64)),
     )
+
+
+def _patients_per_split(rows: list[dict[str, str]]) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for row in rows:
+        out.setdefault(row.get("split") or "unsplit", set()).add(row["patient_id"])
+    return out
 
 
 def _spacing_ratio(spacings: np.ndarray) -> float:
