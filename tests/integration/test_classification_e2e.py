@@ -292,6 +292,17 @@ def test_bad_training_inputs_get_one_line_errors(
     assert result.code == 2 and "budget" in result.err  # type: ignore[attr-defined]
 
 
+def test_a_trained_run_is_not_overwritten_by_accident(
+    run_cli: Callable[..., object], trained: tuple[Path, dict[str, object]], phantoms: Path
+) -> None:
+    run, _ = trained
+    before = (run / "model/model.json").stat().st_mtime_ns
+    result = run_cli("train", str(phantoms), "--out", str(run), "--budget", "10s")
+    assert result.code == 2 and "already holds a trained model" in result.err  # type: ignore[attr-defined]
+    assert "--overwrite" in result.err  # type: ignore[attr-defined]
+    assert (run / "model/model.json").stat().st_mtime_ns == before
+
+
 def test_cross_validation_ships_an_ensemble(phantoms: Path, tmp_path: Path) -> None:
     from medlens.data import load_manifest
     from medlens.inference import load_artifact

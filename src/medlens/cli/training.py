@@ -225,6 +225,9 @@ def train_command(
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue an interrupted run in --out.")
     ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace the trained model already in --out.")
+    ] = False,
     seed: Annotated[int, typer.Option(help="Random seed (recorded in the plan).")] = 0,
     device: Annotated[
         str | None, typer.Option(help="cpu or cuda (default: cuda when present).")
@@ -258,6 +261,12 @@ def train_command(
     from medlens.training.run import train_run
 
     check_folds(folds)
+    if (out / "model" / "model.json").is_file() and not (resume or overwrite):
+        raise ConfigError(
+            f"{out} already holds a trained model",
+            fix="choose another --out, or pass --overwrite to replace it (--resume continues "
+            "an interrupted run)",
+        )
     manifest = resolve_data(data, patient_regex=patient_regex)
     overrides = collect_overrides(sets, config)
     if init_from is not None:
