@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import csv
 import multiprocessing
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -180,7 +182,7 @@ def test_single_class_is_a_label_problem(tmp_path: Path) -> None:
     assert any("single class" in p for p in report.label_problems)
 
 
-def test_dicom_tree_builder(tmp_path: Path) -> None:
+def test_dicom_tree_builder(tmp_path: Path, run_cli: Callable[..., Any]) -> None:
     vol = ct_phantom(0, 0, size=12).image[0]
     for i in range(3):
         write_dicom_series(vol, tmp_path / f"pt{i}" / "ct", SeriesSpec(patient_id=f"PAT{i}"))
@@ -197,6 +199,18 @@ def test_dicom_tree_builder(tmp_path: Path) -> None:
     ]
     assert all(r["series_uid"] and r["study_id"] for r in manifest)
     assert check_dataset(manifest).shapes == {"1x12x12x12": 3}
+    # a patient's two radiographs in one series: two rows, not a 2-slice volume
+    write_dicom_series(
+        vol[:2], tmp_path / "pt3" / "xr", SeriesSpec(patient_id="PAT3", modality="DX")
+    )
+    with labels.open("a", newline="") as fh:
+        csv.writer(fh).writerow(["PAT3", "0"])
+    out = tmp_path / "out" / "manifest.csv"
+    result = run_cli("data", "manifest", str(tmp_path), "--labels", str(labels), "--out", str(out))
+    assert result.code == 0 and "5 rows, 4 patients" in " ".join(result.out.split())
+    written = Manifest.read(out)
+    assert sum(1 for r in written if r["patient_id"] == "PAT3") == 2
+    assert check_dataset(written).shapes == {"1x12x12x12": 3, "1x12x12": 2}
 
 
 def test_medmnist_builder(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""``medlens data check`` and ``medlens data split``."""
+"""``medlens data check``, ``medlens data split`` and ``medlens data manifest``."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import typer
 from rich.table import Table
 
 from medlens.cli.common import console, progress_bar
-from medlens.data import kfold, load_manifest, patient_split
+from medlens.data import kfold, load_manifest, manifest_from_dicom_tree, patient_split
 from medlens.data.check import DataCheckReport, check_dataset
+from medlens.errors import ConfigError
 
-data_app = typer.Typer(no_args_is_help=True, help="Check and split datasets.")
+data_app = typer.Typer(no_args_is_help=True, help="Build, check and split datasets.")
 
 
 def render_report(report: DataCheckReport, title: str) -> None:
@@ -101,3 +102,34 @@ def split(
         console.print(f"  {name}: {rows} rows, {len(patients)} patients")
     if not report.leakage.ok:
         raise typer.Exit(1)
+
+
+@data_app.command("manifest")
+def manifest_command(
+    source: Annotated[
+        Path,
+        typer.Argument(help="A folder of class sub-folders, or a DICOM tree with --labels."),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Manifest CSV to write.")],
+    labels: Annotated[
+        Path | None,
+        typer.Option(help="DICOM tree: a CSV of labels, joined on --key."),
+    ] = None,
+    key: Annotated[
+        str, typer.Option(help="--labels column: PatientID, StudyInstanceUID or SeriesInstanceUID.")
+    ] = "PatientID",
+    patient_regex: Annotated[
+        str | None, typer.Option("--patient-regex", help="Regex for the patient id in file names.")
+    ] = None,
+) -> None:
+    """Write the manifest CSV of a dataset (one row per image or DICOM series, with its label and
+    patient) to inspect, edit, split or train on."""
+    if labels is not None:
+        if patient_regex is not None:
+            raise ConfigError("--patient-regex is for class folders; a DICOM tree has PatientID")
+        manifest = manifest_from_dicom_tree(source, labels, key=key)
+    else:
+        manifest = load_manifest(source, patient_regex=patient_regex)
+    manifest.write(out)
+    patients = len({row["patient_id"] for row in manifest})
+    console.print(f"wrote {out}: {len(manifest)} rows, {patients} patients")

@@ -184,7 +184,8 @@ def _patient_id(name: str, pattern: re.Pattern[str]) -> str:
 def manifest_from_dicom_tree(
     root: str | Path, labels_csv: str | Path, *, key: str = "PatientID"
 ) -> Manifest:
-    """One row per series under ``root``, labelled by joining ``labels_csv`` on ``key``.
+    """One row per series under ``root`` (per file for projection radiographs), labelled by
+    joining ``labels_csv`` on ``key``.
 
     ``labels_csv`` has a column named ``key`` (``PatientID``, ``StudyInstanceUID`` or
     ``SeriesInstanceUID``) and one ``label`` or several ``label_*`` columns.
@@ -213,16 +214,21 @@ def manifest_from_dicom_tree(
         if found is None:
             unlabelled += 1
             continue
-        folder = info.files[0].parent
-        rows.append(
-            {
-                "path": str(folder.relative_to(root)) if folder != root else ".",
-                **found,
-                "patient_id": info.patient_id or info.uid,
-                "study_id": info.study_uid or "",
-                "series_uid": info.uid,
-            }
-        )
+        common = {
+            **found,
+            "patient_id": info.patient_id or info.uid,
+            "study_id": info.study_uid or "",
+            "series_uid": info.uid,
+        }
+        if is_volume(info):
+            folder = series_folder(info)
+            rows.append(
+                {"path": str(folder.relative_to(root)) if folder != root else ".", **common}
+            )
+        else:  # radiographs: an image per file
+            rows += [
+                {**common, "path": str(f.relative_to(root)), "series_uid": ""} for f in info.files
+            ]
     if not rows:
         raise ManifestError(
             f"no series matched a {key} in the labels CSV ({unlabelled} unlabelled)", path=root
