@@ -29,6 +29,10 @@ class UnsupportedFormatError(DataError):
     """The file is not in a format medlens can read or write, or its codec is unavailable."""
 
 
+class ImageTooLargeError(DataError):
+    """An image's headers promise more decoded values than the caller allows."""
+
+
 class DicomSeriesError(DataError):
     """A DICOM folder cannot be assembled into one volume with trustworthy geometry."""
 

@@ -186,6 +186,27 @@ def test_3d_dicom_zip_and_nifti(client: TestClient, tmp_path: Path) -> None:
     assert response.status_code == 200 and response.json()["heatmap"]["shape"] == [10, 16, 16]
 
 
+def test_a_dicom_series_over_the_value_limit_is_refused(
+    models: tuple[Path, Path], tmp_path: Path
+) -> None:
+    series = tmp_path / "allowed" / "series"
+    write_dicom_series(np.zeros((10, 16, 16)), series, SeriesSpec())  # 2,560 values
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for f in sorted(series.iterdir()):
+            archive.write(f, f"series/{f.name}")
+    settings = {"limits": Limits(max_pixels=2_000), "allowed_dirs": (series.parent,)}
+    with client_for(models, tmp_path, **settings) as client:
+        zipped = post(client, buffer.getvalue(), "series.zip", model="chest3d")
+        by_path = client.post(
+            "/v1/models/chest3d/predict", headers=AUTH, json={"path": str(series)}
+        )
+        for response in (zipped, by_path):
+            assert response.status_code == 413  # type: ignore[attr-defined]
+            assert "decodes to more than 2,000 values" in response.json()["detail"]  # type: ignore[attr-defined]
+            assert str(tmp_path) not in response.json()["detail"]  # type: ignore[attr-defined]
+
+
 def test_raw_body_uploads_match_multipart(client: TestClient, tmp_path: Path) -> None:
     """The file itself as the body (curl --data-binary): any format, read from its bytes."""
 

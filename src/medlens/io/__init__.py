@@ -135,6 +135,7 @@ def read_image(
     series_uid: str | None = None,
     resample_irregular: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    max_values: int | None = None,
 ) -> MedicalImage:
     """Read any supported image; the format is decided by the file's content, not its suffix.
 
@@ -144,6 +145,8 @@ def read_image(
         resample_irregular: resample DICOM series with uneven spacing or gantry tilt instead of
             refusing them.
         progress: optional ``callback(done, total)`` for long reads.
+        max_values: a DICOM folder whose headers promise more decoded values is refused
+            before decoding (:class:`~medlens.errors.ImageTooLargeError`).
 
     Example:
         >>> img = read_image("../shared/data/dicom_mr_brain_sag_series")  # doctest: +SKIP
@@ -153,7 +156,11 @@ def read_image(
     path, selector = split_selector(path)
     if path.is_dir():
         image = read_dicom_series(
-            path, series_uid=series_uid, resample_irregular=resample_irregular, progress=progress
+            path,
+            series_uid=series_uid,
+            resample_irregular=resample_irregular,
+            progress=progress,
+            max_values=max_values,
         )
     elif not path.exists():
         raise DataError("file or folder not found", path=path, fix="check the path")

@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 from pydicom.dataset import Dataset
 from scipy import ndimage
 
-from medlens.errors import DataError, DicomSeriesError
+from medlens.errors import DataError, DicomSeriesError, ImageTooLargeError
 from medlens.io.dicom import (
     PlaneGeometry,
     corrupt_file_guard,
@@ -162,12 +162,31 @@ def select_series(folder: Path, series: dict[str, SeriesInfo], wanted: str | Non
     )
 
 
+def _check_declared(
+    info: SeriesInfo, datasets: dict[Path, Dataset], max_values: int, folder: Path
+) -> None:
+    declared = 0
+    for path in info.files:
+        ds = datasets[path]
+        with corrupt_file_guard(path):
+            per_file = int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0)
+            per_file *= int(ds.get("NumberOfFrames", 1) or 1) * int(
+                ds.get("SamplesPerPixel", 1) or 1
+            )
+        declared += per_file
+        if declared > max_values:
+            raise ImageTooLargeError(
+                f"the series decodes to more than {max_values:,} values", path=folder
+            )
+
+
 def read_dicom_series(
     folder: str | Path,
     *,
     series_uid: str | None = None,
     resample_irregular: bool = False,
     progress: Progress | None = None,
+    max_values: int | None = None,
 ) -> MedicalImage:
     """Read one DICOM series from a folder into a volume ``(C, slice, row, column)``.
 
@@ -177,6 +196,8 @@ def read_dicom_series(
         resample_irregular: resample uneven spacing / gantry tilt onto a regular grid instead of
             raising :class:`DicomSeriesError`.
         progress: optional ``callback(done, total)``.
+        max_values: refuse (:class:`ImageTooLargeError`) a series whose headers promise more
+            decoded values than this, before any pixel is decoded (a decompression bomb).
 
     Example:
         >>> vol = read_dicom_series("dicom_mr_brain_sag_series")  # doctest: +SKIP
@@ -186,6 +207,8 @@ def read_dicom_series(
     folder = Path(folder)
     series, datasets = _scan(folder, with_pixels=True)
     info = select_series(folder, series, series_uid)
+    if max_values is not None:
+        _check_declared(info, datasets, max_values, folder)
     planes: list[PlaneGeometry] = []
     frames: list[NDArray[Any]] = []
     meta: ImageMeta | None = None

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from medlens.errors import MedlensError
+from medlens.errors import ImageTooLargeError, MedlensError
 from medlens.io import detect_format, is_raster_bytes, read_image
 from medlens.io.image import MedicalImage
 from medlens.io.raster import read_raster
@@ -184,9 +184,9 @@ def _read_on_disk(data: bytes, name: str, workdir: Path, limits: Limits) -> Medi
     if data.startswith(b"PK\x03\x04"):
         folder = workdir / "series"
         folder.mkdir()
-        files = extract_zip(data, folder, limits, name)
-        check_pixels(files, limits, name)
-        return read_image(folder)
+        extract_zip(data, folder, limits, name)
+        # the series reader checks the headers it parses anyway, before decoding any pixel
+        return read_image(folder, max_values=limits.max_pixels)
     suffix = "".join(Path(name).suffixes[-2:]).lower()
     path = workdir / f"upload{suffix if re.fullmatch(r'[.a-z0-9]{0,12}', suffix) else ''}"
     path.write_bytes(data)
@@ -251,14 +251,16 @@ def _check_detached(path: Path, allowed: list[Path]) -> None:
 
 @contextmanager
 def _refusals(name: str, workdir: Path | None = None) -> Iterator[None]:
-    """Reader and decoder failures as 422s that name the client's file, never a server path."""
+    """Reader and decoder failures as 422s (413: over the size limit) that name the client's
+    file, never a server path."""
     try:
         yield
     except MedlensError as err:
         text = " ".join(str(err).split())
         if workdir is not None:
             text = re.sub(re.escape(str(workdir)) + r"[^\s:]*", name, text)
-        raise UploadError(422, text if text.startswith(name) else f"{name}: {text}") from None
+        status = 413 if isinstance(err, ImageTooLargeError) else 422
+        raise UploadError(status, text if text.startswith(name) else f"{name}: {text}") from None
     except (OSError, ValueError, EOFError, SyntaxError) as err:  # decoder errors from libraries
         raise UploadError(422, f"{name}: unreadable image ({type(err).__name__})") from None
 
@@ -287,9 +289,14 @@ def read_reference(raw: str, allowed: list[Path], limits: Limits) -> tuple[Medic
         digest.update(path.read_bytes())
         if path.suffix.lower() in {".mhd", ".mha", ".nhdr", ".nrrd"}:
             _check_detached(path, allowed)
-    check_pixels(files, limits, name)
+    if not resolved.is_dir():  # a DICOM folder's headers are checked as the series is read
+        check_pixels(files, limits, name)
     try:
-        image = read_image(resolved)
+        image = read_image(resolved, max_values=limits.max_pixels)
+    except ImageTooLargeError:
+        raise UploadError(
+            413, f"{name}: decodes to more than {limits.max_pixels:,} values"
+        ) from None
     except MedlensError as err:
         raise UploadError(422, " ".join(str(err).split())) from None
     if image.array.size > limits.max_pixels:
