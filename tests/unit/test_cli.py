@@ -72,10 +72,12 @@ def test_demo_offline_uses_phantoms(tmp_path: Path, run_cli: Callable, monkeypat
     assert result.code == 0, result.err
     assert "built-in chest phantoms" in result.out and "no problems found" in result.out
     assert "AUC" in result.out, result.out  # the headline table
-    assert (tmp_path / "demo/run/report.html").is_file()
+    assert (tmp_path / "demo/chest-phantoms/report.html").is_file()
     # one model, or an ensemble when early stopping left budget for more members (timing)
-    model = tmp_path / "demo/run/model"
-    members = json.loads((model / "model.json").read_text())["members"]
+    model = tmp_path / "demo/chest-phantoms/model"
+    meta = json.loads((model / "model.json").read_text())
+    assert meta["name"] == "chest-phantoms"  # served as /v1/models/chest-phantoms
+    members = meta["members"]
     assert members and all((model / name).is_file() for name in members)
 
 

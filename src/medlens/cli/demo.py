@@ -69,7 +69,8 @@ def run_demo(out: Path, *, offline: bool = False, budget_s: float = 180.0) -> No
     with training_progress() as on_event:
         result = train_run(
             manifest,
-            out / "run",
+            # the run folder names the model: `medlens serve` answers at /v1/models/NAME
+            out / ("chest-phantoms" if data.origin == "phantoms" else DEMO_DATASET),
             cache_dir=cache_dir() / "arrays",
             budget_s=budget_s,
             on_event=on_event,

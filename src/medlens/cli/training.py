@@ -40,7 +40,8 @@ PatientOpt = Annotated[
     typer.Option(
         "--patient-regex",
         help="Class folders: a regex whose first group in a file name is the patient id "
-        "(default: the name up to its first '_', when that reads as one).",
+        "(default: the DICOM PatientID, else the name up to its first '_', where these read "
+        "as patients).",
     ),
 ]
 
