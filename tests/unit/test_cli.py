@@ -90,3 +90,22 @@ def test_plan_for_cross_validation(tmp_path: Path, run_cli: Callable) -> None:
     refused = run_cli("plan", str(folder), "--out", str(tmp_path / "p1.json"), "--folds", "1")
     assert refused.code == 2 and "--folds" in refused.err
     assert not (tmp_path / "p1.json").exists()
+
+
+def test_the_cli_starts_without_the_heavy_libraries() -> None:
+    """`medlens --help` took 6 s when every command's libraries were imported up front; torch
+    (1.4 s) and MONAI (1.7 s) load only when a command needs them, MONAI only for its networks."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, medlens.cli.main\n"
+        "print(sorted(m for m in ('torch', 'monai', 'onnxruntime') if m in sys.modules))\n"
+        "from medlens.models import create_model\n"
+        "create_model('compactnet', spatial_dims=2, in_channels=1, num_classes=2)\n"
+        "print('monai' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split("\n")
+    assert out[0] == "[]" and out[1] == "False"

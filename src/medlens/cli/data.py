@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from medlens.cli.common import console, progress_bar
-from medlens.data import kfold, load_manifest, manifest_from_dicom_tree, patient_split
-from medlens.data.check import DataCheckReport, check_dataset
 from medlens.errors import ConfigError
+
+if TYPE_CHECKING:
+    from medlens.data.check import DataCheckReport
 
 data_app = typer.Typer(no_args_is_help=True, help="Build, check and split datasets.")
 
@@ -61,6 +62,9 @@ def check(
     ] = False,
 ) -> None:
     """Validate a dataset; exit code 1 when a problem is found."""
+    from medlens.data import load_manifest
+    from medlens.data.check import check_dataset
+
     manifest = load_manifest(path, patient_regex=patient_regex)
     with progress_bar("decoding") as update:
         report = check_dataset(manifest, decode=not no_decode, progress=update)
@@ -85,6 +89,9 @@ def split(
     patient_regex: Annotated[str | None, typer.Option("--patient-regex")] = None,
 ) -> None:
     """Write a manifest with patient-level stratified train/val/test (and optional k-fold) splits."""
+    from medlens.data import kfold, load_manifest, patient_split
+    from medlens.data.check import check_dataset
+
     manifest = load_manifest(path, patient_regex=patient_regex)
     has_split = all(row.get("split") for row in manifest)
     if resplit or not has_split:
@@ -124,6 +131,8 @@ def manifest_command(
 ) -> None:
     """Write the manifest CSV of a dataset (one row per image or DICOM series, with its label and
     patient) to inspect, edit, split or train on."""
+    from medlens.data import load_manifest, manifest_from_dicom_tree
+
     if labels is not None:
         if patient_regex is not None:
             raise ConfigError("--patient-regex is for class folders; a DICOM tree has PatientID")

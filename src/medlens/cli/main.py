@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -14,20 +14,12 @@ from rich.table import Table
 from medlens.cli import training
 from medlens.cli.common import console, err_console, mask_id, progress_bar
 from medlens.cli.data import data_app
-from medlens.cli.demo import run_demo
 from medlens.cli.explain import explain_command
 from medlens.cli.serve import serve_command
 from medlens.errors import MedlensError
-from medlens.io import (
-    MedicalImage,
-    is_medmnist,
-    read_image,
-    read_medmnist,
-    scan_series,
-    split_selector,
-    write_image,
-)
-from medlens.transforms import parse_window
+
+if TYPE_CHECKING:
+    from medlens.io import MedicalImage
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -99,6 +91,8 @@ def info(
     resample_irregular: Annotated[bool, typer.Option("--resample-irregular")] = False,
 ) -> None:
     """Describe an image, a DICOM folder (its series) or a MedMNIST dataset."""
+    from medlens.io import is_medmnist, read_image, read_medmnist, scan_series, split_selector
+
     base, selector = split_selector(path)
     if base.is_dir() and series is None:
         found = scan_series(base)
@@ -179,6 +173,9 @@ def convert(
     ] = False,
 ) -> None:
     """Convert between formats, keeping geometry (DICOM series -> NIfTI, DICOM -> PNG, ...)."""
+    from medlens.io import read_image, write_image
+    from medlens.transforms import parse_window
+
     with progress_bar("reading") as update:
         image = read_image(
             src, series_uid=series, resample_irregular=resample_irregular, progress=update
@@ -210,6 +207,8 @@ def demo(
     budget: Annotated[str, typer.Option("--budget", help="Training budget (90s, 3m, ...).")] = "3m",
 ) -> None:
     """The main job: PneumoniaMNIST (or phantoms) -> plan -> train -> evaluate -> report."""
+    from medlens.cli.demo import run_demo
+
     run_demo(out, offline=offline, budget_s=training.parse_duration(budget))
 
 

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from medlens.cli.common import cache_dir, data_dirs
-from medlens.data import Manifest, load_manifest
-from medlens.data.medmnist import fetch_medmnist, find_local
 from medlens.errors import ConfigError
+
+if TYPE_CHECKING:
+    from medlens.data import Manifest
 
 
 def resolve_data(source: str, *, patient_regex: str | None = None) -> Manifest:
     """``medmnist:pneumoniamnist`` (local copy in the data folders, else downloaded) or a path;
     ``patient_regex`` reads patient ids from the file names of a class folder."""
+    from medlens.data import load_manifest
+    from medlens.data.medmnist import fetch_medmnist, find_local
+
     if source.startswith("medmnist:"):
         name, _, size_text = source.removeprefix("medmnist:").partition(":")
         try:

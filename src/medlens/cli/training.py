@@ -17,10 +17,10 @@ from medlens._fs import atomic_write_text
 from medlens.cli.common import cache_dir, console, err_console, progress_bar
 from medlens.cli.sources import resolve_data
 from medlens.errors import ConfigError
-from medlens.planning import Plan, make_plan, parse_overrides, read_config
 
 if TYPE_CHECKING:
     from medlens.inference.artifact import Artifact
+    from medlens.planning import Plan
     from medlens.training.data import PreparedData
 
 BudgetOpt = Annotated[str, typer.Option("--budget", help="Training time budget: 90s, 10m, 1h.")]
@@ -60,6 +60,8 @@ def parse_duration(text: str) -> float:
 
 
 def collect_overrides(sets: list[str] | None, config: Path | None) -> dict[str, Any]:
+    from medlens.planning import parse_overrides, read_config
+
     overrides = read_config(config) if config else {}
     overrides.update(parse_overrides(sets or []))
     return overrides
@@ -137,6 +139,7 @@ def plan_command(
 ) -> None:
     """Fingerprint DATA and this machine and write a training plan (JSON) for the time budget."""
     from medlens.data.labels import infer_labels
+    from medlens.planning import make_plan
     from medlens.training.run import ensure_splits
 
     manifest = resolve_data(data, patient_regex=patient_regex)
@@ -259,6 +262,7 @@ def train_command(
     patient_regex: PatientOpt = None,
 ) -> None:
     """Train a classifier on DATA, evaluate it on the test split, and save the model artifact."""
+    from medlens.planning import Plan
     from medlens.training.run import train_run
 
     check_folds(folds)

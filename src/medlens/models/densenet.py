@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
-from monai.networks.nets.densenet import DenseNet121
 from torch import nn
 
 from medlens.errors import ConfigError
 from medlens.models.base import MedlensModel, conv, linear_head
 from medlens.models.registry import MODELS
+
+if TYPE_CHECKING:
+    from monai.networks.nets.densenet import DenseNet121
 
 
 def _out_features(net: DenseNet121) -> int:
@@ -34,6 +37,8 @@ def densenet121(
 
     Without it a 28x28 image shrinks to nothing before the last dense block.
     """
+    from monai.networks.nets.densenet import DenseNet121  # monai's import takes ~1.7 s
+
     net = DenseNet121(
         spatial_dims=spatial_dims,
         in_channels=in_channels,

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
-from monai.networks.nets.resnet import ResNet
 from torch import nn
 
 from medlens.errors import ConfigError
 from medlens.models.base import MedlensModel, linear_head
 from medlens.models.registry import MODELS
+
+if TYPE_CHECKING:
+    from monai.networks.nets.resnet import ResNet
 
 LAYERS = {"resnet18": [2, 2, 2, 2], "resnet34": [3, 4, 6, 3], "resnet50": [3, 4, 6, 3]}
 
@@ -29,6 +32,8 @@ def _resnet(
     width: float,
     dropout: float,
 ) -> MedlensModel:
+    from monai.networks.nets.resnet import ResNet  # monai's import takes ~1.7 s
+
     net = ResNet(
         block="bottleneck" if name == "resnet50" else "basic",
         layers=LAYERS[name],
