@@ -15,6 +15,7 @@ from benchmarks import (
     bench_explain_phantoms,
     bench_inference_latency,
     bench_operating_point,
+    bench_predict,
     bench_series_loading,
     bench_serving,
     bench_training_throughput,
@@ -29,6 +30,7 @@ if __name__ == "__main__":
         bench_inference_latency,
         bench_explain_phantoms,
         bench_serving,
+        bench_predict,
         bench_operating_point,  # re-scores the logits bench_protocol.py saved (run by hand)
     )
     # the training benchmarks last: classification quality is 3 seeds x 2 datasets x 10 minutes
