@@ -119,7 +119,11 @@ def test_a_dicom_series_in_a_class_folder_is_one_sample(tmp_path: Path) -> None:
     # two radiographs of one patient in one series are two images, not a 2-slice volume
     write_dicom_series(volume[:2], tmp_path / "lesion" / "xr", SeriesSpec(modality="DX"))
     _pngs(tmp_path, {"lesion": ["snapshot.png"]})
+    # a truncated DICOM is a row that the check reports, not a file silently left out
+    truncated = next((tmp_path / "clean" / "case0" / "ct").iterdir()).read_bytes()[:300]
+    (tmp_path / "clean" / "cut.dcm").write_bytes(truncated)
     manifest = load_manifest(tmp_path)
+    assert any("cut.dcm" in p for _, p in check_dataset(manifest).problems())
     series = sorted((r["path"], r["patient_id"]) for r in manifest if r.get("series_uid"))
     assert series == [
         ("clean/case0/ct", "PAT0"),
@@ -127,7 +131,8 @@ def test_a_dicom_series_in_a_class_folder_is_one_sample(tmp_path: Path) -> None:
         ("lesion/case2/ct", "PAT2"),
     ]
     others = sorted(r["path"] for r in manifest if not r.get("series_uid"))
-    assert len(others) == 3 and others[0] == "lesion/snapshot.png"
+    assert others[0] == "clean/cut.dcm" and others[1] == "lesion/snapshot.png"
+    assert len(others) == 4
     assert load_sample(manifest, manifest.rows[0]).spatial_shape == (5, 8, 8)
 
 

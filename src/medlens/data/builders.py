@@ -129,8 +129,8 @@ def _samples_in(folder: Path, root: Path) -> list[tuple[dict[str, str], str | No
         else:
             samples += [({"path": str(f.relative_to(root))}, info.patient_id) for f in info.files]
     for image in _images_in(folder):
-        # a .dcm file outside every series holds no image (a report, a DICOMDIR)
-        if image not in dicom and image.suffix.lower() != ".dcm":
+        # a .dcm outside every image series stays a row: `data check` says what is wrong with it
+        if image not in dicom:
             samples.append(({"path": str(image.relative_to(root))}, None))
     return samples
 
