@@ -66,7 +66,8 @@ def manifest_from_folder(root: str | Path, *, patient_regex: str | None = None) 
     Args:
         root: the folder.
         patient_regex: regular expression whose first group (or whole match) in the file name
-            (a series: its folder's name) is the patient id, e.g. ``r"(person\\d+)"``; by default see :func:`default_patient_ids`.
+            (a series: its folder's name) is the patient id, e.g. ``r"(person\\d+)"``; by
+            default see :func:`default_patient_ids`.
     """
     root = Path(root)
     if not root.is_dir():

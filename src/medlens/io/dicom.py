@@ -237,6 +237,12 @@ def _photometric(ds: Dataset) -> str:
     return str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
 
 
+def declared_values(ds: Dataset) -> int:
+    """How many values the header says the pixel data decodes to (checked before decoding)."""
+    count = int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0)
+    return count * int(ds.get("NumberOfFrames", 1) or 1) * int(ds.get("SamplesPerPixel", 1) or 1)
+
+
 def decoded_values(ds: Dataset, path: Path) -> NDArray[Any]:
     """Decoded, rescaled, MONOCHROME1-inverted frames ``(frames, rows, cols[, 3])``."""
     arr = _decode(ds, path)

@@ -23,6 +23,7 @@ from medlens.errors import DataError, DicomSeriesError, ImageTooLargeError
 from medlens.io.dicom import (
     PlaneGeometry,
     corrupt_file_guard,
+    declared_values,
     decoded_values,
     has_dicom_preamble,
     load_dataset,
@@ -167,13 +168,8 @@ def _check_declared(
 ) -> None:
     declared = 0
     for path in info.files:
-        ds = datasets[path]
         with corrupt_file_guard(path):
-            per_file = int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0)
-            per_file *= int(ds.get("NumberOfFrames", 1) or 1) * int(
-                ds.get("SamplesPerPixel", 1) or 1
-            )
-        declared += per_file
+            declared += declared_values(datasets[path])
         if declared > max_values:
             raise ImageTooLargeError(
                 f"the series decodes to more than {max_values:,} values", path=folder

@@ -21,6 +21,7 @@ from pathlib import Path, PurePosixPath
 
 from medlens.errors import ImageTooLargeError, MedlensError
 from medlens.io import detect_format, is_raster_bytes, read_image
+from medlens.io.dicom import declared_values, load_dataset
 from medlens.io.image import MedicalImage
 from medlens.io.raster import read_raster
 
@@ -57,12 +58,7 @@ def _header_pixels(path: Path) -> int | None:
     if kind == "raster":
         return _raster_pixels(path)
     if kind == "dicom":
-        import pydicom
-
-        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
-        frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-        samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
-        return int(getattr(ds, "Rows", 0)) * int(getattr(ds, "Columns", 0)) * frames * samples
+        return declared_values(load_dataset(path, stop_before_pixels=True, require_pixels=False))
     if kind == "nifti":
         import nibabel as nib
 
