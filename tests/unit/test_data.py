@@ -100,6 +100,16 @@ def test_patient_ids_from_file_names(tmp_path: Path) -> None:
     assert len({r["patient_id"] for r in manifest}) == 12 and check_leakage(manifest).ok
 
 
+def test_class_folders_spelt_in_other_cases_are_one_class(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _pngs(tmp_path, {"train/NORMAL": ["1.png", "2.png"], "train/sick": ["3.png", "6.png"]})
+    _pngs(tmp_path, {"test/normal": ["4.png"], "test/Sick": ["5.png"]})
+    manifest = load_manifest(tmp_path)
+    assert manifest.classes() == ["NORMAL", "sick"]  # as most images' folders spell them
+    assert "differ only in letter case" in caplog.text
+
+
 def test_patient_regex_overrides_and_applies_to_folders_only(tmp_path: Path) -> None:
     _pngs(
         tmp_path / "data", {"normal": ["scan-P1-a.png", "scan-P1-b.png"], "sick": ["scan-P2-a.png"]}

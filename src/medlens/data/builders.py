@@ -98,6 +98,7 @@ def manifest_from_folder(root: str | Path, *, patient_regex: str | None = None) 
                 tags.append(tag)
     if not rows:
         raise DataError("no image files found in the class sub-folders", path=root)
+    _unify_label_case(rows, root)
     if pattern is not None:
         ids = [_patient_id(Path(r["path"]).name, pattern) for r in rows]
     else:
@@ -114,6 +115,28 @@ def manifest_from_folder(root: str | Path, *, patient_regex: str | None = None) 
     for row, patient in zip(rows, ids, strict=True):
         row["patient_id"] = patient
     return Manifest(rows, root)
+
+
+def _unify_label_case(rows: list[dict[str, str]], root: Path) -> None:
+    """Class folders spelt with other letter cases in different places (``train/NORMAL``,
+    ``test/normal``) are one class, named as most of its images' folders are (a tie: the
+    spelling that sorts first)."""
+    spellings: dict[str, Counter[str]] = {}
+    for row in rows:
+        spellings.setdefault(row["label"].lower(), Counter())[row["label"]] += 1
+    canonical = {}
+    for counts in spellings.values():
+        if len(counts) > 1:
+            name = min(counts, key=lambda spelling: (-counts[spelling], spelling))
+            log.warning(
+                "%s: class folders %s differ only in letter case; all are read as %r",
+                root,
+                sorted(counts),
+                name,
+            )
+            canonical.update({spelling: name for spelling in counts})
+    for row in rows:
+        row["label"] = canonical.get(row["label"], row["label"])
 
 
 def _samples_in(folder: Path, root: Path) -> list[tuple[dict[str, str], str | None]]:
