@@ -113,6 +113,21 @@ def test_jpeg_round_trip_is_close(tmp_path: Path) -> None:
     assert np.abs(back.array.astype(int) - array).mean() < 3
 
 
+def test_a_photo_is_read_the_way_its_exif_orientation_shows_it(tmp_path: Path) -> None:
+    from PIL import Image
+
+    pixels = np.zeros((20, 40), np.uint8)
+    pixels[:5, :10] = 255  # a block at the top left of the stored landscape image
+    stored = Image.fromarray(pixels)
+    exif = stored.getexif()
+    exif[0x0112] = 6  # the camera was turned: viewers rotate 90 degrees clockwise
+    stored.save(tmp_path / "photo.jpg", exif=exif, quality=95)
+    upright = read_image(tmp_path / "photo.jpg").array[0]
+    rows, cols = np.nonzero(upright > 128)
+    assert upright.shape == (40, 20)  # portrait, as shown
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (0, 9, 15, 19)  # top right
+
+
 def test_windowed_png(tmp_path: Path) -> None:
     hu = np.array([[[-1000, 40, 240, 3000]]], dtype=np.int16)
     back = read_image(write_image(MedicalImage(hu), tmp_path / "w.png", window=(40, 400)))

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from PIL import Image, PngImagePlugin
+from PIL import Image, ImageOps, PngImagePlugin
 
 from medlens._fs import atomic_path
 from medlens.errors import ConfigError, DataError
@@ -33,6 +33,18 @@ _MODE_DTYPES = {
 }
 _GEOMETRY_KEY = "medlens"
 _SIXTEEN_BIT_FORMATS = {".png", ".tif", ".tiff"}
+
+
+#: EXIF tag of the camera's orientation (1: as stored)
+EXIF_ORIENTATION = 0x0112
+
+
+def _upright(im: Image.Image) -> Image.Image:
+    """A photograph (a JPEG of a skin lesion or a slide, say) turned the way its EXIF
+    orientation says, as every viewer shows it; pixels are stored as the sensor read them."""
+    if im.getexif().get(EXIF_ORIENTATION, 1) in (0, 1):
+        return im
+    return ImageOps.exif_transpose(im)
 
 
 def _pil_to_array(im: Image.Image) -> NDArray[Any]:
@@ -71,7 +83,7 @@ def read_raster(path: str | Path, data: bytes | None = None) -> MedicalImage:
                 frames = []
                 for index in range(getattr(im, "n_frames", 1)):
                     im.seek(index)
-                    frames.append(_pil_to_array(im))
+                    frames.append(_pil_to_array(_upright(im)))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise DataError(
             f"image is larger than {MAX_PIXELS} pixels (possible decompression bomb)",
