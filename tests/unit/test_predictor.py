@@ -10,8 +10,9 @@ import torch
 
 from medlens.data.fake_dicom import SeriesSpec, write_dicom_series
 from medlens.data.labels import LabelSpec
-from medlens.errors import DataError
+from medlens.errors import ArtifactError, DataError
 from medlens.inference import load_artifact, save_artifact
+from medlens.inference.engine import Engine
 from medlens.inference.predictor import expand_inputs, predict_items, write_predictions
 from medlens.io import MedicalImage, write_image
 from medlens.models import create_model
@@ -69,3 +70,28 @@ def test_nothing_to_predict_is_an_error(tmp_path: Path) -> None:
         expand_inputs([tmp_path / "empty"])
     with pytest.raises(DataError, match="not found"):
         expand_inputs([tmp_path / "missing"])
+
+
+def test_a_cached_onnx_export_runs_without_building_the_torch_models(
+    model_3d: Path, tmp_path: Path
+) -> None:
+    x = np.random.default_rng(0).normal(size=(2, 1, 12, 12, 12)).astype(np.float32)
+    expected = Engine(load_artifact(model_3d), backend="onnx", cache_dir=tmp_path).logits(x)
+    artifact = load_artifact(model_3d)
+    engine = Engine(artifact, backend="onnx", cache_dir=tmp_path)  # the export is cached
+    np.testing.assert_allclose(engine.logits(x), expected, rtol=1e-5, atol=1e-6)
+    assert artifact._members is None  # no torch model (nor MONAI) was built
+    np.testing.assert_allclose(engine.torch_logits(x), expected, rtol=1e-4, atol=1e-5)
+    assert artifact._members is not None  # built when torch is asked for
+
+
+def test_an_unknown_architecture_is_refused_at_load(model_3d: Path, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    copy = Path(shutil.copytree(model_3d, tmp_path / "copy"))
+    meta = json.loads((copy / "model.json").read_text())
+    meta["architecture"]["name"] = "vit-huge"
+    (copy / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError, match="unknown architecture 'vit-huge'"):
+        load_artifact(copy)

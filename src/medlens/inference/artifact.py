@@ -13,7 +13,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import platform
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from medlens._fs import atomic_write_text
 from medlens.data.labels import LabelSpec
 from medlens.errors import ArtifactError, ConfigError, DataError
 from medlens.io import MedicalImage
-from medlens.models import MedlensModel, model_from_spec
+from medlens.models import MedlensModel, list_models, model_from_spec
 from medlens.models.forward import batched_logits, to_probabilities
 from medlens.models.tta import TTA
 from medlens.serialization import load_weights, save_weights
@@ -95,13 +96,26 @@ def save_artifact(
 
 @dataclass
 class Artifact:
-    """A loaded artifact: models in eval mode, preprocessing, labels and operating point."""
+    """A loaded artifact: models in eval mode, preprocessing, labels and operating point.
+
+    The torch models are built on first use of :attr:`members`: serving or predicting from a
+    cached ONNX export of these exact weights never needs them (a ResNet's import of MONAI
+    alone took 1.7 s), and whatever does need them (export, torch, maps) builds them first,
+    refusing weights that do not fit then."""
 
     folder: Path
     meta: dict[str, Any]
-    members: list[MedlensModel]
     labels: LabelSpec
     pipeline: Pipeline
+    _members: list[MedlensModel] | None = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    @property
+    def members(self) -> list[MedlensModel]:
+        with self._lock:  # the service's threads may ask at once
+            if self._members is None:
+                self._members = _load_members(self.folder, self.meta)
+            return self._members
 
     @property
     def spatial_dims(self) -> int:
@@ -200,22 +214,40 @@ def load_artifact(folder: str | Path) -> Artifact:
             path=meta_path,
             fix="upgrade medlens",
         )
-    members = []
     try:
-        for file in meta["members"]:
-            model = model_from_spec(meta["architecture"])
-            try:
-                model.load_state_dict(load_weights(folder / file))
-            except RuntimeError as err:
-                first = str(err).strip().splitlines()[0]
-                raise ArtifactError(
-                    f"weights do not fit the architecture ({first})", path=folder / file
-                ) from None
-            members.append(model.eval())
         labels = LabelSpec.from_dict(meta["labels"])
         pipeline = Pipeline.from_spec(meta["preprocessing"])
+        missing = [f for f in meta["members"] if not (folder / f).is_file()]
+        architecture = str(meta["architecture"]["name"])
     except (KeyError, TypeError, ConfigError) as err:
         raise ArtifactError(
             f"incomplete or incompatible model.json ({err})", path=meta_path
         ) from None
-    return Artifact(folder, meta, members, labels, pipeline)
+    if missing:
+        raise ArtifactError(f"weights file(s) {missing} missing", path=folder)
+    if architecture not in list_models():
+        raise ArtifactError(
+            f"unknown architecture {architecture!r}", path=meta_path, fix="upgrade medlens"
+        )
+    return Artifact(folder, meta, labels, pipeline)
+
+
+def _load_members(folder: Path, meta: dict[str, Any]) -> list[MedlensModel]:
+    members = []
+    meta_path = folder / "model.json"
+    for file in meta["members"]:
+        try:
+            model = model_from_spec(meta["architecture"])
+        except (KeyError, TypeError, ConfigError) as err:
+            raise ArtifactError(
+                f"incomplete or incompatible model.json ({err})", path=meta_path
+            ) from None
+        try:
+            model.load_state_dict(load_weights(folder / file))
+        except RuntimeError as err:
+            first = str(err).strip().splitlines()[0]
+            raise ArtifactError(
+                f"weights do not fit the architecture ({first})", path=folder / file
+            ) from None
+        members.append(model.eval())
+    return members

@@ -69,8 +69,8 @@ class Engine:
             raise ConfigError(f"--provider applies to fp32; {precision} has its own provider")
         self.artifact = artifact
         self.tta = artifact.tta
-        self._model = combined(artifact.members).eval()
         self._lock = threading.Lock()  # torch modules are not re-entrant under hooks
+        self._model: torch.nn.Module | None = None
         self._session: Any = None
         self.backend_used = "torch"
         self.runtime = runtime_for(artifact.spatial_dims, precision=precision)
@@ -167,6 +167,13 @@ class Engine:
         self.logits(x)
         return self.logits(x)
 
+    def _torch_model(self) -> torch.nn.Module:
+        """The members as one torch module, built on first use (callers hold ``_lock``): a
+        cached ONNX export never needs it."""
+        if self._model is None:
+            self._model = combined(self.artifact.members).eval()
+        return self._model
+
     @property
     def provider(self) -> str:
         return "torch" if self._session is None else self.runtime.name
@@ -175,7 +182,7 @@ class Engine:
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         if self._session is None:
             with self._lock:
-                return batched_logits(self._model, batch, tta=self.tta)
+                return batched_logits(self._torch_model(), batch, tta=self.tta)
         session = self._session
         return self.tta.run(lambda views: session.run(None, {"image": views})[0], batch)
 
@@ -183,4 +190,4 @@ class Engine:
     def torch_logits(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
         """The same through torch (a parity reference)."""
         with self._lock:
-            return batched_logits(self._model, batch, tta=self.tta)
+            return batched_logits(self._torch_model(), batch, tta=self.tta)
