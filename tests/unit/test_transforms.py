@@ -122,6 +122,32 @@ def test_resample_shape_and_spacing() -> None:
     np.testing.assert_allclose(out.origin, img.origin)
 
 
+@pytest.mark.parametrize(
+    ("shape", "out"),
+    [((391, 367), (28, 28)), ((100, 7), (9, 30)), ((40, 36, 30), (10, 12, 30)), ((9, 5), (2, 5))],
+)
+def test_shrinking_matches_filtering_the_whole_array(
+    shape: tuple[int, ...], out: tuple[int, ...]
+) -> None:
+    """The separable shrink gives scipy's blur-everything-then-sample values, edges included."""
+    from scipy import ndimage
+
+    data = np.random.default_rng(0).random((1, *shape)).astype(np.float32) * 1000
+    img = MedicalImage(data, spacing=(1.0,) * len(shape))
+    scale = np.asarray(shape, float) / np.asarray(out, float)
+    blurred = ndimage.gaussian_filter(data[0], sigma=np.maximum((scale - 1) / 2, 0))
+    expected = ndimage.affine_transform(
+        blurred, scale, offset=0.5 * scale - 0.5, output_shape=out, order=1, mode="nearest"
+    )
+    np.testing.assert_allclose(Resize(out)(img).array[0], expected, atol=2e-3)
+    wider = tuple(float(s) for s in scale)
+    resampled = Resample(wider)(img)
+    reference = ndimage.affine_transform(
+        blurred, scale, output_shape=resampled.spatial_shape, order=1, mode="nearest"
+    )
+    np.testing.assert_allclose(resampled.array[0], reference, atol=2e-3)
+
+
 def test_window_presets_and_custom() -> None:
     img = MedicalImage(np.array([[[-1400, -600, 150, 3000]]], dtype=np.int16))
     out = Window(preset="lung")(img)

@@ -59,7 +59,7 @@ def on_display(
 ) -> tuple[MedicalImage, NDArray[np.float32], NDArray[np.float32]]:
     """The display grid, the image's values (C, *S) and the map (*S) on it."""
     display = display_grid(image, max_side)
-    values = on_grid(image, display)
+    values = display.array.astype(np.float32)  # resized anti-aliased, not point-sampled again
     heat = on_grid(grid.with_array(np.asarray(relevance, np.float32)[None]), display)[0]
     return display, values, heat
 

@@ -42,17 +42,59 @@ def _zoom(
     order: int,
 ) -> NDArray[Any]:
     """Sample each channel at input index ``scale * out + offset`` (anti-aliased when shrinking)."""
+    shrinking = order > 0 and bool(np.any(scale > 1.5))
+    sigma = np.maximum((scale - 1) / 2, 0) if shrinking else np.zeros_like(scale)
+    if order == 1 and shrinking:
+        operators = [
+            _linear_operator(n, s, o, m, g)
+            for n, s, o, m, g in zip(image.spatial_shape, scale, offset, shape, sigma, strict=True)
+        ]
+        return np.stack([_apply_separable(c.astype(np.float32), operators) for c in image.array])
     out = []
     for channel in image.array:
         data = channel.astype(np.float32) if order > 0 else channel
-        if order > 0 and np.any(scale > 1.5):
-            data = ndimage.gaussian_filter(data, sigma=np.maximum((scale - 1) / 2, 0))
+        if shrinking:
+            data = ndimage.gaussian_filter(data, sigma=sigma)
         out.append(
             ndimage.affine_transform(
                 data, scale, offset=offset, output_shape=shape, order=order, mode="nearest"
             )
         )
     return np.stack(out)
+
+
+def _linear_operator(n: int, scale: float, offset: float, m: int, sigma: float) -> NDArray[Any]:
+    """The (m, n) matrix of scipy's ``gaussian_filter`` (reflect mode, truncate 4) followed by
+    ``affine_transform(order=1, mode="nearest")`` along one axis.
+
+    Applied axis by axis it gives the same values as filtering the whole array and sampling it,
+    but filters only where the samples need it: shrinking a 2k-pixel radiograph to 28 px took 0.7 s
+    the whole-array way (a 277-tap filter over every pixel) and takes milliseconds this way.
+    """
+    x = np.clip(scale * np.arange(m) + offset, 0, n - 1)
+    low = np.floor(x).astype(np.int64)
+    frac = x - low
+    taps = [(low, 1 - frac), (np.minimum(low + 1, n - 1), frac)]
+    radius = int(4.0 * sigma + 0.5) if sigma > 0 else 0
+    k = np.arange(-radius, radius + 1)
+    kernel = np.exp(-0.5 * (k / sigma) ** 2) if sigma > 0 else np.ones(1)
+    kernel /= kernel.sum()
+    matrix = np.zeros((m, n))
+    rows = np.arange(m)[:, None]
+    for index, weight in taps:
+        source = (index[:, None] + k[None, :]) % (2 * n)  # scipy's reflect: d c b a | a b c d
+        source = np.where(source >= n, 2 * n - 1 - source, source)
+        np.add.at(matrix, (np.broadcast_to(rows, source.shape), source), weight[:, None] * kernel)
+    return matrix.astype(np.float32)
+
+
+def _apply_separable(data: NDArray[Any], operators: list[NDArray[Any]]) -> NDArray[Any]:
+    """Apply one (m, n) matrix per axis, the axis that shrinks most first (least work after)."""
+    for axis in sorted(
+        range(data.ndim), key=lambda a: operators[a].shape[0] / operators[a].shape[1]
+    ):
+        data = np.moveaxis(np.tensordot(operators[axis], data, axes=([1], [axis])), 0, axis)
+    return np.ascontiguousarray(data, dtype=np.float32)
 
 
 @register("resample")
