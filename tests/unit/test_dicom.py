@@ -90,6 +90,21 @@ def test_duplicate_positions_are_refused(tmp_path: Path, ct_volume: np.ndarray) 
         read_image(tmp_path)
 
 
+def test_a_second_copy_of_an_instance_is_skipped(
+    tmp_path: Path, ct_volume: np.ndarray, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An archive export often holds an instance twice (re-sent, or in another transfer syntax):
+    the copy is the same slice, not a second one at its position."""
+    truth = write_dicom_series(ct_volume, tmp_path / "series", SeriesSpec())
+    first = sorted((tmp_path / "series").iterdir())[0]
+    copy = tmp_path / "series" / "zz_copy.dcm"
+    copy.write_bytes(first.read_bytes())
+    (info,) = scan_series(tmp_path).values()
+    assert info.duplicates == [copy] and copy not in info.files
+    assert "zz_copy.dcm" in caplog.text
+    np.testing.assert_array_equal(read_image(tmp_path / "series").array, truth.array)
+
+
 def test_folder_with_two_series_never_mixes_them(tmp_path: Path, ct_volume: np.ndarray) -> None:
     a = write_dicom_series(ct_volume, tmp_path, SeriesSpec(series_number=3, description="A"))
     write_dicom_series(ct_volume[:10] + 5, tmp_path, SeriesSpec(series_number=4, description="B"))

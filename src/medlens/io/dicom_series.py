@@ -7,6 +7,7 @@ with an actionable error, or - when asked - resampled onto a regular orthogonal 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Callable
@@ -54,6 +55,9 @@ class SeriesInfo:
     patient_id: str | None
     study_uid: str | None
     files: list[Path] = field(default_factory=list)
+    #: files skipped because an earlier file holds the same instance (SOPInstanceUID)
+    duplicates: list[Path] = field(default_factory=list)
+    instances: set[str] = field(default_factory=set, repr=False)
 
     def label(self) -> str:
         desc = self.description or "no description"
@@ -109,7 +113,24 @@ def _scan(folder: Path, *, with_pixels: bool) -> tuple[dict[str, SeriesInfo], di
         ds = load_dataset(path, stop_before_pixels=not with_pixels, require_pixels=False)
         with corrupt_file_guard(path):
             _add_to_series(series, datasets, path, ds, with_pixels)
+    for info in series.values():
+        if info.duplicates:
+            _warn_duplicates(info.uid, tuple(str(p) for p in info.duplicates))
     return series, datasets
+
+
+@functools.lru_cache(
+    maxsize=256
+)  # once per series and file set: predict scans a tree, then a series
+def _warn_duplicates(uid: str, paths: tuple[str, ...]) -> None:
+    names = ", ".join(Path(p).name for p in paths[:3]) + (" ..." if len(paths) > 3 else "")
+    log.warning(
+        "series %s: %d file(s) hold an instance already read (same SOPInstanceUID: a second copy "
+        "or another transfer syntax) and were skipped: %s",
+        uid,
+        len(paths),
+        names,
+    )
 
 
 def _add_to_series(
@@ -132,6 +153,12 @@ def _add_to_series(
             patient_id=str(ds.get("PatientID", "") or "") or None,
             study_uid=str(ds.get("StudyInstanceUID", "") or "") or None,
         )
+    instance = str(ds.get("SOPInstanceUID", "") or "")
+    if instance in info.instances:
+        info.duplicates.append(path)
+        return
+    if instance:
+        info.instances.add(instance)
     info.files.append(path)
     if with_pixels:
         datasets[path] = ds
