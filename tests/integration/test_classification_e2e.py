@@ -143,6 +143,12 @@ def test_predict_writes_probabilities_and_decisions(
     assert all(abs(float(r["p_nodule"]) + float(r["p_normal"]) - 1) < 1e-5 for r in good)
     assert sum(r["prediction"] == "nodule" for r in good) > 0.7 * len(good)
     assert any("broken.png" in r["input"] and r["error"] for r in rows)
+    # the table leads with the failure (the input last on the command line), then the tally
+    out_text = " ".join(result.out.split())  # type: ignore[attr-defined]
+    assert out_text.index("corrupt or unsupported") < out_text.index("│ nodule │")
+    assert f"20 of {len(rows)} shown" in out_text
+    tally = sum(r["prediction"] == "nodule" for r in good)
+    assert f"nodule {tally}" in out_text and "1 input(s) could not be read" in out_text
     as_json = tmp_path / "p.json"
     assert (
         run_cli("predict", str(run / "model"), str(phantoms / "normal"), "--out", str(as_json)).code

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,6 +45,9 @@ PatientOpt = Annotated[
         "as patients).",
     ),
 ]
+
+#: rows of `medlens predict`'s table (the CSV/JSON has them all)
+TABLE_ROWS = 20
 
 
 def parse_duration(text: str) -> float:
@@ -421,13 +425,25 @@ def predict_command(
     }
     write_predictions(rows, out, meta)
     errors = sum(1 for r in rows if "error" in r)
-    table = Table(title=f"{len(rows)} prediction(s)")
+    # the inputs that failed first (they need the user), then the others, up to TABLE_ROWS
+    shown = sorted(rows, key=lambda r: "error" not in r)[:TABLE_ROWS]
+    table = Table(
+        title=f"{len(rows)} input(s)",
+        caption=f"{len(shown)} of {len(rows)} shown; all in {out}"
+        if len(shown) < len(rows)
+        else None,
+    )
     table.add_column("input", overflow="fold")
     table.add_column("prediction")
-    for row in rows[:20]:
+    for row in shown:
         table.add_row(row["input"], row.get("prediction") or f"[red]{row['error']}")
     console.print(table)
-    console.print(f"wrote {out}" + (f" ({errors} input(s) could not be read)" if errors else ""))
+    decided = Counter(str(r["prediction"]) for r in rows if "error" not in r)
+    summary = ", ".join(f"{name} {count}" for name, count in decided.most_common())
+    console.print(
+        f"wrote {out}: {summary or 'no prediction'}"
+        + (f"; {errors} input(s) could not be read" if errors else "")
+    )
     if errors == len(rows):
         raise typer.Exit(1)
 
