@@ -89,11 +89,19 @@ def _linear_operator(n: int, scale: float, offset: float, m: int, sigma: float) 
 
 
 def _apply_separable(data: NDArray[Any], operators: list[NDArray[Any]]) -> NDArray[Any]:
-    """Apply one (m, n) matrix per axis, the axis that shrinks most first (least work after)."""
+    """Apply one (m, n) matrix per axis, the axis that shrinks most first (least work after),
+    each as a plain or broadcast matmul so that no axis is moved (a copy of the whole array)."""
     for axis in sorted(
         range(data.ndim), key=lambda a: operators[a].shape[0] / operators[a].shape[1]
     ):
-        data = np.moveaxis(np.tensordot(operators[axis], data, axes=([1], [axis])), 0, axis)
+        matrix = operators[axis]
+        if axis == data.ndim - 1:
+            data = data @ matrix.T
+        elif axis == data.ndim - 2:
+            data = matrix @ data
+        else:  # the first of three axes
+            flat = matrix @ data.reshape(data.shape[0], -1)
+            data = flat.reshape(matrix.shape[0], *data.shape[1:])
     return np.ascontiguousarray(data, dtype=np.float32)
 
 
