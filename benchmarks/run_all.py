@@ -16,6 +16,7 @@ from benchmarks import (
     bench_inference_latency,
     bench_operating_point,
     bench_predict,
+    bench_resize,
     bench_series_loading,
     bench_serving,
     bench_training_throughput,
@@ -25,6 +26,7 @@ from benchmarks import (
 if __name__ == "__main__":
     quick = (
         bench_series_loading,
+        bench_resize,
         bench_cache_epoch,
         bench_augment,
         bench_inference_latency,
