@@ -536,3 +536,25 @@ def test_a_run_names_its_model_for_urls(tmp_path: Path) -> None:
     assert model_name(tmp_path / "pneumonia") == "pneumonia"
     assert model_name(tmp_path / "my run (2)") == "my-run-2"
     assert model_name(Path("/")) is None  # the architecture's name then
+
+
+def test_audit_lines_reach_stderr_once(capsys: pytest.CaptureFixture[str]) -> None:
+    """`medlens serve` without --audit-log: one line per request, not one more from the root
+    handler the CLI installs."""
+    import logging
+
+    from medlens.serving.telemetry import AuditLog, audit_to_stderr
+
+    audit = logging.getLogger("medlens.audit")
+    saved = (audit.handlers[:], audit.propagate, audit.level)
+    root_handler = logging.StreamHandler()  # what the CLI's logging.basicConfig installs
+    logging.getLogger().addHandler(root_handler)
+    audit.handlers.clear()
+    try:
+        audit_to_stderr()
+        AuditLog(None).write(route="predict", status=200)
+        assert capsys.readouterr().err.count('"route": "predict"') == 1
+    finally:
+        logging.getLogger().removeHandler(root_handler)
+        audit.handlers[:], audit.propagate = saved[0], saved[1]
+        audit.setLevel(saved[2])

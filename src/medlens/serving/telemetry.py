@@ -183,6 +183,7 @@ def audit_to_stderr() -> None:
     """Send audit lines to stderr (when no --audit-log file is given)."""
     audit = logging.getLogger("medlens.audit")
     audit.setLevel(logging.INFO)
+    audit.propagate = False  # the CLI's root handler would print every line a second time
     if not audit.handlers:
         audit.addHandler(logging.StreamHandler())
 
