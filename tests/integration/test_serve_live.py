@@ -275,5 +275,14 @@ def test_viewer_in_a_real_browser(server: Server, tmp_path: Path, shared_data: P
         assert coloured > 0, "no heatmap colour on the canvas"
         ARTIFACTS.mkdir(exist_ok=True)
         driver.save_screenshot(str(ARTIFACTS / "viewer.png"))
+        # another heatmap method analyses the same image again, and so does picking it again
+        from selenium.webdriver.support.ui import Select
+
+        Select(driver.find_element(By.ID, "method")).select_by_value("occlusion")
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#recent li")) == 2)
+        assert "occlusion" in driver.find_elements(By.CSS_SELECTOR, "#recent li")[0].text
+        wait.until(lambda d: "occlusion" in d.find_element(By.ID, "faithfulness").text)
+        driver.find_element(By.ID, "file").send_keys(str(image))
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#recent li")) == 3)
     finally:
         driver.quit()

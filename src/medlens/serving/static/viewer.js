@@ -4,7 +4,7 @@
 
 const $ = (id) => document.getElementById(id);
 const state = { token: sessionStorage.getItem("medlens-token") || "", models: [], result: null,
-  image: null, heat: null, slice: 0, window: null, recent: [] };
+  image: null, heat: null, slice: 0, window: null, recent: [], file: null, asked: 0 };
 
 function decode(payload) {
   const bytes = Uint8Array.from(atob(payload.data), (c) => c.charCodeAt(0));
@@ -56,7 +56,10 @@ function showModelInfo() {
     (auc ? `; test AUC ${auc.toFixed(3)}` : "") + `; ${m.backend}`;
 }
 
+// the file is kept so that choosing another model or heatmap analyses it again
 async function analyse(file) {
+  state.file = file;
+  const asked = ++state.asked;  // only the latest request updates the view
   const model = $("model").value;
   const form = new FormData();
   form.append("file", file, file.name);
@@ -69,10 +72,12 @@ async function analyse(file) {
     body.fileName = file.name;
     state.recent.unshift(body);
     state.recent = state.recent.slice(0, 20);
-    show(body);
     renderRecent();
+    if (asked !== state.asked) return;
+    show(body);
     $("status").textContent = `Done in ${body.timing_ms.total.toFixed(0)} ms.`;
   } catch (err) {
+    if (asked !== state.asked) return;
     $("status").textContent = err.status === 503 ? "The service is busy; try again in a moment." : err.message;
     $("status").classList.add("error");
   }
@@ -161,7 +166,8 @@ function renderRecent() {
   $("recent").innerHTML = "";
   state.recent.forEach((r, k) => {
     const li = document.createElement("li");
-    li.textContent = `${r.fileName}: ${r.prediction} ${r.probability.toFixed(2)} (${r.model})`;
+    li.textContent = `${r.fileName}: ${r.prediction} ${r.probability.toFixed(2)} ` +
+      `(${r.model}, ${r.explanation.method})`;
     li.addEventListener("click", () => show(state.recent[k]));
     $("recent").appendChild(li);
   });
@@ -173,8 +179,14 @@ function escapeHtml(text) {
 
 function wire() {
   $("login-form").addEventListener("submit", (e) => { e.preventDefault(); signIn($("token").value); });
-  $("model").addEventListener("change", showModelInfo);
-  $("file").addEventListener("change", () => { if ($("file").files[0]) analyse($("file").files[0]); });
+  const again = () => { if (state.file) analyse(state.file); };
+  $("model").addEventListener("change", () => { showModelInfo(); again(); });
+  $("method").addEventListener("change", again);
+  $("file").addEventListener("change", () => {
+    const file = $("file").files[0];
+    $("file").value = "";  // picking the same file again is a change too
+    if (file) analyse(file);
+  });
   const drop = $("drop");
   drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
   drop.addEventListener("dragleave", () => drop.classList.remove("over"));
