@@ -162,7 +162,8 @@ def _invert_monochrome1(ds: Dataset, arr: NDArray[Any]) -> tuple[NDArray[Any], i
     total = -1 if int(ds.get("PixelRepresentation", 0)) else 2**stored - 1
     if arr.dtype.kind not in "iu":
         return total - arr, total
-    return (total - arr.astype(np.int64)).astype(arr.dtype), total
+    wide = np.int32 if arr.dtype.itemsize <= 2 else np.int64  # int64 doubled a radiograph's time
+    return (total - arr.astype(wide)).astype(arr.dtype), total
 
 
 @dataclass(frozen=True)
