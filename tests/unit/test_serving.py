@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import json
 import threading
@@ -558,3 +559,22 @@ def test_audit_lines_reach_stderr_once(capsys: pytest.CaptureFixture[str]) -> No
         logging.getLogger().removeHandler(root_handler)
         audit.handlers[:], audit.propagate = saved[0], saved[1]
         audit.setLevel(saved[2])
+
+
+def test_explanations_are_warmed_in_the_background(
+    models: tuple[Path, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A fresh service builds its torch members and runs one explanation after start-up, for
+    2D and 3D models, so the first explain request does not pay for them."""
+    from medlens.serving.service import ModelService
+
+    settings = ServeSettings(model_dirs=models, tokens=(TOKEN,), onnx_cache=tmp_path / "onnx")
+    for folder in models:
+        service = ModelService(folder, settings)
+        service.warming.join(timeout=60)
+        assert service.artifact._members is not None  # built by the warm-up, not a request
+        service.close()
+    assert "warming up" not in caplog.text  # the explanation itself ran
+    cold = ModelService(models[0], dataclasses.replace(settings, warm_explanations=False))
+    assert not cold.warming.is_alive() and cold.artifact._members is None
+    cold.close()

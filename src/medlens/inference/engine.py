@@ -33,7 +33,7 @@ def artifact_digest(artifact: Artifact) -> str:
     return digest.hexdigest()
 
 
-def _input_shape(artifact: Artifact) -> tuple[int, ...]:
+def input_shape(artifact: Artifact) -> tuple[int, ...]:
     size = artifact.meta.get("input_size")
     if not size:
         raise ConfigError("the artifact records no input size; re-export it with medlens train")
@@ -126,7 +126,7 @@ class Engine:
             except (MedlensError, RuntimeError, OSError) as err:  # the default still serves
                 log.warning("%s provider unavailable for this model (%s)", runtime.name, err)
                 return candidates[0], sessions[0]
-        shape = (1, *_input_shape(self.artifact))
+        shape = (1, *input_shape(self.artifact))
         x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
         calls = [
             lambda s=s: self.tta.run(lambda views: s.run(None, {"image": views})[0], x)
@@ -149,7 +149,7 @@ class Engine:
             folder.mkdir(parents=True, exist_ok=True)
             report = export_onnx(
                 self.artifact.members,
-                _input_shape(self.artifact),
+                input_shape(self.artifact),
                 path,
                 unroll_3d=runtime.unroll_3d,
             )
@@ -162,7 +162,7 @@ class Engine:
         PneumoniaMNIST / AdrenalMNIST3D CompactNets with their 9 / 27 views, without / with):
         7.8 / 5.0 ms (2D, bf16 on OpenVINO; later calls 3.1), 56.7 / 44.8 ms (3D, fp32 on
         OpenVINO; later 44). One all-zero input warmed the 2D bf16 call little (14.2 / 12.5)."""
-        shape = (1, *_input_shape(self.artifact))
+        shape = (1, *input_shape(self.artifact))
         x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
         self.logits(x)
         return self.logits(x)

@@ -42,6 +42,8 @@ class ServeSettings:
     audit_log: Path | None = None
     onnx_cache: Path | None = None
     explain_method: str = "gradcam"
+    #: run one explanation in the background at start-up (the first request's cost otherwise)
+    warm_explanations: bool = True
     #: a folder the worker processes of one service share their metrics through
     metrics_dir: Path | None = None
 
