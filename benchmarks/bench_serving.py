@@ -204,6 +204,7 @@ def _serve(
             connection.request("GET", "/health")
             # every worker ready (listening), or the first clients would all go to the first
             if connection.getresponse().status == 200 and listeners(port) >= workers:
+                _wait_for_warm_up(port)
                 return process, port
         except OSError:
             pass
@@ -211,6 +212,20 @@ def _serve(
     process.kill()
     log = (root / f"server-{port}.log").read_text(errors="replace")[-2000:]
     raise RuntimeError(f"server did not start ({listeners(port)} of {workers} listening): {log}")
+
+
+def _wait_for_warm_up(port: int, answers: int = 8) -> None:
+    """Until ``answers`` fresh connections in a row (spread over the workers) report no model
+    still running its start-up explanation, which would compete with the measurements."""
+    calm = 0
+    deadline = time.monotonic() + 120
+    while calm < answers and time.monotonic() < deadline:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        connection.request("GET", "/ready", headers={"Authorization": f"Bearer {TOKEN}"})
+        warming = json.loads(connection.getresponse().read()).get("warming", [])
+        connection.close()
+        calm = 0 if warming else calm + 1
+        time.sleep(0.1 if not warming else 0.3)
 
 
 @contextmanager

@@ -124,10 +124,12 @@ def test_models_list_and_ready(client: TestClient) -> None:
     assert first["input"] == {"spatial_dims": 2, "channels": 1, "size": [24, 24]}
     assert first["metrics"] == {"test": {"auc": 0.9}} and first["backend"] == "onnx"
     assert first["version"]
-    assert client.get("/ready", headers=AUTH).json() == {
-        "ready": True,
-        "models": ["chest2d", "chest3d"],
-    }
+    ready = client.get("/ready", headers=AUTH).json()
+    assert ready["ready"] is True and ready["models"] == ["chest2d", "chest3d"]
+    assert set(ready["warming"]) <= {"chest2d", "chest3d"}  # start-up explanations under way
+    for service in client.app.state.models.values():  # type: ignore[attr-defined]
+        service.warming.join()
+    assert client.get("/ready", headers=AUTH).json()["warming"] == []
 
 
 def test_predict_matches_the_artifact(client: TestClient, models: tuple[Path, Path]) -> None:

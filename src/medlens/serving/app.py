@@ -290,7 +290,9 @@ def create_app(settings: ServeSettings, services: list[ModelService] | None = No
 
     @app.get("/ready")
     async def ready(_token: str = Depends(authorise)) -> dict[str, Any]:
-        return {"ready": bool(models), "models": sorted(models)}
+        # models still running their start-up explanation (served meanwhile, a little slower)
+        warming = sorted(name for name, service in models.items() if service.warming.is_alive())
+        return {"ready": bool(models), "models": sorted(models), "warming": warming}
 
     @app.get("/v1/models")
     async def list_models(_token: str = Depends(authorise)) -> dict[str, Any]:
