@@ -119,9 +119,8 @@ def _scan(folder: Path, *, with_pixels: bool) -> tuple[dict[str, SeriesInfo], di
     return series, datasets
 
 
-@functools.lru_cache(
-    maxsize=256
-)  # once per series and file set: predict scans a tree, then a series
+# once per series and file set: predict scans a tree, then reads each series from its folder
+@functools.lru_cache(maxsize=256)
 def _warn_duplicates(uid: str, paths: tuple[str, ...]) -> None:
     names = ", ".join(Path(p).name for p in paths[:3]) + (" ..." if len(paths) > 3 else "")
     log.warning(
