@@ -124,9 +124,16 @@ def test_resample_shape_and_spacing() -> None:
 
 @pytest.mark.parametrize(
     ("shape", "out"),
-    [((391, 367), (28, 28)), ((100, 7), (9, 30)), ((40, 36, 30), (10, 12, 30)), ((9, 5), (2, 5))],
+    [
+        ((391, 367), (28, 28)),
+        ((100, 7), (9, 30)),
+        ((40, 36, 30), (10, 12, 30)),
+        ((9, 5), (2, 5)),
+        ((28, 28), (224, 224)),  # growing: no blur, the same sampling
+        ((12, 10, 8), (30, 24, 16)),
+    ],
 )
-def test_shrinking_matches_filtering_the_whole_array(
+def test_linear_resizing_matches_filtering_the_whole_array(
     shape: tuple[int, ...], out: tuple[int, ...]
 ) -> None:
     """The separable shrink gives scipy's blur-everything-then-sample values, edges included."""

@@ -44,9 +44,9 @@ def _zoom(
     """Sample each channel at input index ``scale * out + offset`` (anti-aliased when shrinking)."""
     shrinking = order > 0 and bool(np.any(scale > 1.5))
     sigma = np.maximum((scale - 1) / 2, 0) if shrinking else np.zeros_like(scale)
-    if order == 1 and shrinking:
+    if order == 1:  # also growing: 28 -> 224 px 4.5x and 28^3 -> 64^3 20x faster than scipy
         operators = [
-            _linear_operator(n, s, o, m, g)
+            _AxisOperator.build(n, s, o, m, g)
             for n, s, o, m, g in zip(image.spatial_shape, scale, offset, shape, sigma, strict=True)
         ]
         return np.stack([_apply_separable(c.astype(np.float32), operators) for c in image.array])
@@ -63,45 +63,78 @@ def _zoom(
     return np.stack(out)
 
 
-def _linear_operator(n: int, scale: float, offset: float, m: int, sigma: float) -> NDArray[Any]:
-    """The (m, n) matrix of scipy's ``gaussian_filter`` (reflect mode, truncate 4) followed by
-    ``affine_transform(order=1, mode="nearest")`` along one axis.
+@dataclass(frozen=True)
+class _AxisOperator:
+    """scipy's ``gaussian_filter`` (reflect mode, truncate 4) followed by
+    ``affine_transform(order=1, mode="nearest")`` along one axis, as ``taps`` (index, weight)
+    pairs per output sample: ``out[i] = sum_t weight[i, t] * data[index[i, t]]``.
 
     Applied axis by axis it gives the same values as filtering the whole array and sampling it,
-    but filters only where the samples need it: shrinking a 2k-pixel radiograph to 28 px took 0.7 s
-    the whole-array way (a 277-tap filter over every pixel) and takes milliseconds this way.
+    but filters only where the samples need it: shrinking a 2k-pixel radiograph to 28 px took
+    0.7 s the whole-array way (a 277-tap filter over every pixel) and takes milliseconds here.
     """
-    x = np.clip(scale * np.arange(m) + offset, 0, n - 1)
-    low = np.floor(x).astype(np.int64)
-    frac = x - low
-    taps = [(low, 1 - frac), (np.minimum(low + 1, n - 1), frac)]
-    radius = int(4.0 * sigma + 0.5) if sigma > 0 else 0
-    k = np.arange(-radius, radius + 1)
-    kernel = np.exp(-0.5 * (k / sigma) ** 2) if sigma > 0 else np.ones(1)
-    kernel /= kernel.sum()
-    matrix = np.zeros((m, n))
-    rows = np.arange(m)[:, None]
-    for index, weight in taps:
-        source = (index[:, None] + k[None, :]) % (2 * n)  # scipy's reflect: d c b a | a b c d
-        source = np.where(source >= n, 2 * n - 1 - source, source)
-        np.add.at(matrix, (np.broadcast_to(rows, source.shape), source), weight[:, None] * kernel)
-    return matrix.astype(np.float32)
 
+    index: NDArray[np.int64]  # (m, taps)
+    weight: NDArray[np.float32]  # (m, taps)
+    n: int
 
-def _apply_separable(data: NDArray[Any], operators: list[NDArray[Any]]) -> NDArray[Any]:
-    """Apply one (m, n) matrix per axis, the axis that shrinks most first (least work after),
-    each as a plain or broadcast matmul so that no axis is moved (a copy of the whole array)."""
-    for axis in sorted(
-        range(data.ndim), key=lambda a: operators[a].shape[0] / operators[a].shape[1]
-    ):
-        matrix = operators[axis]
+    #: above this many taps a dense (m, n) matmul beats gathering tap by tap
+    GATHER_TAPS = 16
+
+    @classmethod
+    def build(cls, n: int, scale: float, offset: float, m: int, sigma: float) -> _AxisOperator:
+        x = np.clip(scale * np.arange(m) + offset, 0, n - 1)
+        low = np.floor(x).astype(np.int64)
+        frac = x - low
+        radius = int(4.0 * sigma + 0.5) if sigma > 0 else 0
+        k = np.arange(-radius, radius + 1)
+        kernel = np.exp(-0.5 * (k / sigma) ** 2) if sigma > 0 else np.ones(1)
+        kernel /= kernel.sum()
+        index, weight = [], []
+        for start, w in ((low, 1 - frac), (np.minimum(low + 1, n - 1), frac)):
+            source = (start[:, None] + k[None, :]) % (2 * n)  # reflect: d c b a | a b c d
+            index.append(np.where(source >= n, 2 * n - 1 - source, source))
+            weight.append(w[:, None] * kernel)
+        return cls(np.hstack(index), np.hstack(weight).astype(np.float32), n)
+
+    @property
+    def m(self) -> int:
+        return int(self.index.shape[0])
+
+    def dense(self) -> NDArray[np.float32]:
+        matrix = np.zeros((self.m, self.n), np.float64)
+        rows = np.broadcast_to(np.arange(self.m)[:, None], self.index.shape)
+        np.add.at(matrix, (rows, self.index), self.weight)
+        return matrix.astype(np.float32)
+
+    def apply(self, data: NDArray[Any], axis: int) -> NDArray[Any]:
+        if self.index.shape[1] <= self.GATHER_TAPS:  # linear sampling, little or no blur
+            shape = [1] * data.ndim
+            shape[axis] = self.m
+            out: NDArray[Any] | None = None
+            for t in range(self.index.shape[1]):
+                term = np.take(data, self.index[:, t], axis)
+                term *= self.weight[:, t].reshape(shape)
+                if out is None:
+                    out = term
+                else:
+                    out += term
+            assert out is not None
+            return out
+        matrix = self.dense()  # a wide blur: BLAS does the sums; no axis is moved (a copy)
         if axis == data.ndim - 1:
-            data = data @ matrix.T
+            product: NDArray[Any] = data @ matrix.T
         elif axis == data.ndim - 2:
-            data = matrix @ data
+            product = matrix @ data
         else:  # the first of three axes
-            flat = matrix @ data.reshape(data.shape[0], -1)
-            data = flat.reshape(matrix.shape[0], *data.shape[1:])
+            product = (matrix @ data.reshape(data.shape[0], -1)).reshape(self.m, *data.shape[1:])
+        return product
+
+
+def _apply_separable(data: NDArray[Any], operators: list[_AxisOperator]) -> NDArray[Any]:
+    """One operator per axis, the axis that shrinks most first (the least work after)."""
+    for axis in sorted(range(data.ndim), key=lambda a: operators[a].m / operators[a].n):
+        data = operators[axis].apply(data, axis)
     return np.ascontiguousarray(data, dtype=np.float32)
 
 
