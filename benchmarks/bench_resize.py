@@ -1,7 +1,7 @@
-"""Shrinking a large image to a model's input: medlens Resize vs scipy and MONAI, same run.
+"""Resizing to a model's input: medlens Resize vs scipy and MONAI, same run.
 
-A 2k-pixel radiograph scored by a 28 or 224 px model, and a 192-slice MR series by a 28^3 or
-64^3 model. The alternatives: blurring the whole array then sampling it with scipy (the same
+A 2k-pixel radiograph scored by a 28 or 224 px model, a 192-slice MR series by a 28^3 or
+64^3 model, and MedMNIST's 28 px images grown for a 224 px or 64^3 model. The alternatives: blurring the whole array then sampling it with scipy (the same
 values as medlens, and medlens's own code before it switched to one matrix per axis), and MONAI's
 Resize (its default area mode, and bilinear with anti-aliasing).
 """
@@ -33,6 +33,8 @@ CASES = [
     ),
     ("MR series 192x256x256", "dicom_mr_brain_sag_series", (28, 28, 28)),
     ("MR series 192x256x256", "dicom_mr_brain_sag_series", (64, 64, 64)),
+    ("PneumoniaMNIST image 28x28", "pneumoniamnist/pneumoniamnist.npz#test/0", (224, 224)),
+    ("AdrenalMNIST3D volume 28^3", "adrenalmnist3d/adrenalmnist3d.npz#test/0", (64, 64, 64)),
 ]
 
 
