@@ -115,14 +115,16 @@ def render(
     window: tuple[float, float] | None = None,
     opacity: float = 0.6,
     max_side: int | None = None,
+    display: tuple[MedicalImage, NDArray[Any], NDArray[Any]] | None = None,
 ) -> bytes:
     """PNG bytes: ``relevance`` (on ``grid``'s voxels) over ``image``, colour bar in ``units``;
-    shown at the source resolution up to ``max_side`` (default 512 in 2D, 256 in 3D)."""
+    shown at the source resolution up to ``max_side`` (default 512 in 2D, 256 in 3D), or on
+    ``display``, what :func:`on_display` gave a caller that needs it too."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     side = max_side or (512 if grid.spatial_dims == 2 else 256)
-    grid, values, relevance = on_display(image, grid, relevance, side)
+    grid, values, relevance = display or on_display(image, grid, relevance, side)
     low, high = display_range(image, values, window)
     picture = _greyscale(values, low, high)
     vmin = float(min(relevance.min(), 0.0))

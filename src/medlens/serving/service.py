@@ -154,9 +154,17 @@ class ModelService:
                 multilabel=self.artifact.labels.multilabel,
             )
         title = f"{decisions[0]} | {method} for {found.class_name!r} (p = {found.probability:.3f})"
-        overlay = render(image, grid, found.relevance, title=title, units=UNITS[method])
         side = DISPLAY_SIDE[grid.spatial_dims]
-        display, values, heat = on_display(image, grid, found.relevance, side)
+        shown = on_display(image, grid, found.relevance, side)
+        display, values, heat = shown
+        overlay = render(
+            image,
+            grid,
+            found.relevance,
+            title=title,
+            units=UNITS[method],
+            display=shown if grid.spatial_dims == 2 else None,  # 3D: a finer overlay (256)
+        )
         low, high = display_range(image, values)
         return {
             "explanation": found.to_dict(),
