@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+from scipy.optimize import minimize
 from scipy.stats import norm
 
 from benchmarks.common import RESULTS, write_result
@@ -56,11 +57,29 @@ def _binormal(y: NDArray[Any], p: NDArray[np.float64], robust: bool) -> float:
     return float(1 / (1 + np.exp(-grid[np.argmax(j)])))
 
 
+def _logistic(y: NDArray[Any], p: NDArray[np.float64]) -> float:
+    """Youden's cut from a logistic fit of the label on the log-odds: J is highest where the
+    classes' likelihood ratio is 1, i.e. where the fitted P(y=1 | z) equals the prevalence."""
+    p = np.clip(p, 1e-12, 1 - 1e-12)
+    z, t = np.log(p / (1 - p)), np.asarray(y, dtype=np.float64)
+
+    def nll(ab: NDArray[np.float64]) -> float:
+        u = ab[0] * z + ab[1]
+        return float(np.mean(np.logaddexp(0, u) - t * u) + 1e-4 * ab[0] ** 2)
+
+    a, b = minimize(nll, np.array([1.0, 0.0]), method="Nelder-Mead").x
+    prior = np.log(t.mean() / (1 - t.mean()))
+    if a <= 0:
+        return bootstrap_youden(y, p)
+    return float(1 / (1 + np.exp(-(prior - b) / a)))
+
+
 RULES: dict[str, Rule] = {
     "single": youden_cut,
     "bootstrap": bootstrap_youden,
     "binormal": lambda y, p: _binormal(y, p, robust=False),
     "robust_binormal": lambda y, p: _binormal(y, p, robust=True),
+    "logistic": _logistic,
     "max_accuracy": max_accuracy_threshold,
 }
 
@@ -120,7 +139,7 @@ def heavy_tails(repeats: int, seed: int = 1) -> dict[str, float]:
     def true_j(cut: float) -> float:
         return float((big0 < cut).mean() - (big1 < cut).mean())
 
-    found: dict[str, list[float]] = {"single": [], "bootstrap": [], "binormal": []}
+    found: dict[str, list[float]] = {k: [] for k in ("single", "bootstrap", "binormal", "logistic")}
     for _ in range(repeats):
         y = np.repeat([0, 1], [140, 60])
         z = np.concatenate([rng.standard_t(2, 140), rng.standard_t(2, 60) + 2])
