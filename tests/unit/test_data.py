@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydicom
 import pytest
 import torch
 
@@ -128,6 +129,12 @@ def test_a_dicom_series_in_a_class_folder_is_one_sample(tmp_path: Path) -> None:
         write_dicom_series(volume, tmp_path / label / f"case{i}" / "ct", spec)
     # two radiographs of one patient in one series are two images, not a 2-slice volume
     write_dicom_series(volume[:2], tmp_path / "lesion" / "xr", SeriesSpec(modality="DX"))
+    # radiographs sharing a series UID but pseudonymised file by file keep their own patients
+    write_dicom_series(volume[:3], tmp_path / "clean" / "xr", SeriesSpec(modality="CR"))
+    for i, path in enumerate(sorted((tmp_path / "clean" / "xr").iterdir())):
+        ds = pydicom.dcmread(path)
+        ds.PatientID = f"PSEUDO{i}"
+        ds.save_as(path)
     _pngs(tmp_path, {"lesion": ["snapshot.png"]})
     # a truncated DICOM is a row that the check reports, not a file silently left out
     truncated = next((tmp_path / "clean" / "case0" / "ct").iterdir()).read_bytes()[:300]
@@ -141,8 +148,10 @@ def test_a_dicom_series_in_a_class_folder_is_one_sample(tmp_path: Path) -> None:
         ("lesion/case2/ct", "PAT2"),
     ]
     others = sorted(r["path"] for r in manifest if not r.get("series_uid"))
-    assert others[0] == "clean/cut.dcm" and others[1] == "lesion/snapshot.png"
-    assert len(others) == 4
+    assert others[0] == "clean/cut.dcm" and others[-3] == "lesion/snapshot.png"
+    assert len(others) == 7
+    views = sorted(r["patient_id"] for r in manifest if r["path"].startswith("clean/xr/"))
+    assert views == ["PSEUDO0", "PSEUDO1", "PSEUDO2"]
     assert load_sample(manifest, manifest.rows[0]).spatial_shape == (5, 8, 8)
 
 

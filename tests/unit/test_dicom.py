@@ -116,6 +116,25 @@ def test_folder_with_two_series_never_mixes_them(tmp_path: Path, ct_volume: np.n
     assert read_image(tmp_path, series_uid="4").spatial_shape[0] == 10
 
 
+def _pseudonymise_per_file(folder: Path) -> None:
+    """A new PatientID in every file, the UIDs kept: what per-file pseudonymisation does."""
+    for i, path in enumerate(sorted(folder.iterdir())):
+        ds = pydicom.dcmread(path)
+        ds.PatientID = f"PSEUDO{i}"
+        ds.save_as(path)
+
+
+def test_a_series_of_several_patients_is_refused_as_a_volume(
+    tmp_path: Path, ct_volume: np.ndarray
+) -> None:
+    write_dicom_series(ct_volume[:4], tmp_path / "s", SeriesSpec())
+    _pseudonymise_per_file(tmp_path / "s")
+    (info,) = scan_series(tmp_path).values()
+    assert sorted(info.patients) == ["PSEUDO0", "PSEUDO1", "PSEUDO2", "PSEUDO3"]
+    with pytest.raises(DicomSeriesError, match=r"4 patients \('PSEUDO0'.*re-export"):
+        read_image(tmp_path / "s")
+
+
 def test_empty_folder(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("not dicom")
     with pytest.raises(DataError, match="no DICOM image files"):

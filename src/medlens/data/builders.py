@@ -151,7 +151,12 @@ def _samples_in(folder: Path, root: Path) -> list[tuple[dict[str, str], str | No
             row = {"path": str(series_folder(info).relative_to(root)), "series_uid": info.uid}
             samples.append(({**row, "study_id": info.study_uid or ""}, info.patient_id))
         else:
-            samples += [({"path": str(f.relative_to(root))}, info.patient_id) for f in info.files]
+            # each view is read on its own, with its own PatientID (a series should have one,
+            # but UIDs kept through per-file pseudonymisation give one series several)
+            samples += [
+                ({"path": str(f.relative_to(root))}, patient)
+                for f, patient in zip(info.files, info.patients, strict=True)
+            ]
     for image in _images_in(folder):
         # a .dcm outside every image series stays a row: `data check` says what is wrong with it
         if image not in dicom:

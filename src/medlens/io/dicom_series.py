@@ -55,6 +55,8 @@ class SeriesInfo:
     patient_id: str | None
     study_uid: str | None
     files: list[Path] = field(default_factory=list)
+    #: each file's own PatientID (None where blank), in the order of ``files``
+    patients: list[str | None] = field(default_factory=list)
     #: files skipped because an earlier file holds the same instance (SOPInstanceUID)
     duplicates: list[Path] = field(default_factory=list)
     instances: set[str] = field(default_factory=set, repr=False)
@@ -159,6 +161,7 @@ def _add_to_series(
     if instance:
         info.instances.add(instance)
     info.files.append(path)
+    info.patients.append(str(ds.get("PatientID", "") or "") or None)
     if with_pixels:
         datasets[path] = ds
 
@@ -187,6 +190,21 @@ def select_series(folder: Path, series: dict[str, SeriesInfo], wanted: str | Non
         f"series {wanted!r} not found; available: {', '.join(i.label() for i in series.values())}",
         path=folder,
     )
+
+
+def _check_one_patient(info: SeriesInfo, folder: Path) -> None:
+    """A series belongs to one patient; slices of several stacked into one volume would be one
+    silently wrong image (UIDs copied or kept when the data were pseudonymised file by file)."""
+    found = sorted({p for p in info.patients if p is not None})
+    if len(found) > 1:
+        shown = ", ".join(repr(p) for p in found[:3]) + (" ..." if len(found) > 3 else "")
+        raise DicomSeriesError(
+            f"series {info.uid} holds images of {len(found)} patients ({shown}); a series "
+            "belongs to one patient, so its slices cannot be stacked into one volume",
+            path=folder,
+            fix="re-export the series with new SeriesInstanceUIDs per patient (the UIDs were "
+            "probably kept when the data were pseudonymised), or read the files one by one",
+        )
 
 
 def _check_declared(
@@ -229,6 +247,7 @@ def read_dicom_series(
     folder = Path(folder)
     series, datasets = _scan(folder, with_pixels=True)
     info = select_series(folder, series, series_uid)
+    _check_one_patient(info, folder)
     if max_values is not None:
         _check_declared(info, datasets, max_values, folder)
     planes: list[PlaneGeometry] = []
