@@ -7,18 +7,30 @@ found, what was expected and what to do; the CLI prints them on one line without
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 
 class MedlensError(Exception):
     """Root of every error raised by medlens for bad input or configuration."""
 
     def __init__(self, message: str, *, path: str | Path | None = None, fix: str | None = None):
+        self.message = message
         self.path = str(path) if path is not None else None
         self.fix = fix
         parts = [f"{self.path}: {message}" if self.path else message]
         if fix:
             parts.append(f"Fix: {fix}")
         super().__init__(" ".join(parts))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # rebuilt from its parts, so an error raised in a worker process keeps path and fix
+        return _rebuild, (type(self), self.message, self.path, self.fix)
+
+
+def _rebuild(
+    cls: type[MedlensError], message: str, path: str | None, fix: str | None
+) -> MedlensError:
+    return cls(message, path=path, fix=fix)
 
 
 class DataError(MedlensError):

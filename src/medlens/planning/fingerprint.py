@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 
+from medlens._parallel import ordered_map, workers_for
 from medlens.data.builders import load_sample
 from medlens.data.labels import LabelSpec
 from medlens.data.manifest import Manifest
@@ -79,22 +82,48 @@ def hardware_fingerprint() -> HardwareFingerprint:
     return HardwareFingerprint(cores or 1, torch.get_num_threads(), gpu, memory, native_bf16())
 
 
+@dataclass(frozen=True)
+class _Summary:
+    shape: tuple[int, ...]
+    channels: int
+    spacing: tuple[float, ...]
+    modality: str
+    values: NDArray[Any]  # up to 2000 voxels drawn at random
+
+
+def _summarise(state: tuple[Manifest, int], item: tuple[int, dict[str, str]]) -> _Summary:
+    manifest, seed = state
+    index, row = item
+    image = load_sample(manifest, row)
+    flat = image.array.reshape(-1)
+    draw = np.random.default_rng([seed, index]).integers(0, flat.size, size=min(2000, flat.size))
+    return _Summary(
+        image.spatial_shape, image.channels, image.spacing, image.meta.modality or "", flat[draw]
+    )
+
+
 def fingerprint_dataset(
     manifest: Manifest, labels: LabelSpec, *, sample: int = 200, seed: int = 0
 ) -> DatasetFingerprint:
     """Fingerprint ``manifest``; geometry and intensities come from up to ``sample`` images."""
-    rng = np.random.default_rng(seed)
     rows = manifest.rows
-    chosen = rng.choice(len(rows), size=min(sample, len(rows)), replace=False)
-    shapes, channels, spacings, values, modalities = [], Counter[int](), [], [], Counter[str]()
-    for i in sorted(chosen):
-        image = load_sample(manifest, rows[i])
-        shapes.append(image.spatial_shape)
-        channels[image.channels] += 1
-        spacings.append(image.spacing)
-        modalities[image.meta.modality or ""] += 1
-        flat = image.array.reshape(-1)
-        values.append(flat[rng.integers(0, flat.size, size=min(2000, flat.size))])
+    chosen = np.random.default_rng(seed).choice(
+        len(rows), size=min(sample, len(rows)), replace=False
+    )
+    items = [(int(i), rows[i]) for i in sorted(chosen)]
+    tic = time.perf_counter()
+    first = _summarise((manifest, seed), items[0])
+    # a sample of 2k radiographs takes ~30 s in one process: read them in workers
+    workers = workers_for(time.perf_counter() - tic, len(items) - 1)
+    summaries = [
+        first,
+        *ordered_map(_summarise, items[1:], state=(manifest, seed), workers=workers),
+    ]
+    shapes = [s.shape for s in summaries]
+    spacings = [s.spacing for s in summaries]
+    channels = Counter(s.channels for s in summaries)
+    modalities = Counter(s.modality for s in summaries)
+    values = [s.values for s in summaries]
     dims = {len(s) for s in shapes}
     if len(dims) != 1:
         raise DataError(

@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import medlens._parallel as parallel_module
+from medlens._parallel import can_fork, ordered_map
+from medlens.data import build_cache, load_manifest
+from medlens.data.labels import infer_labels
+from medlens.data.synthetic import write_chest_folder
+from medlens.errors import DataError, MedlensError
+from medlens.planning.fingerprint import fingerprint_dataset
+from medlens.transforms import Pipeline, Resize, ZScore
+
+pytestmark = pytest.mark.skipif(not can_fork(), reason="worker processes are forked on Linux")
+
+
+def _square_with_pid(offset: int, x: int) -> tuple[int, int]:
+    return x * x + offset, os.getpid()
+
+
+def _fail_on_three(_: None, x: int) -> int:
+    if x == 3:
+        raise DataError("cannot read", path=f"img{x}.png", fix="re-export it")
+    return x
+
+
+def _die_on_three(_: None, x: int) -> int:
+    if x == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x
+
+
+def _nested(_: None, x: int) -> list[int]:
+    return [pid for _, pid in ordered_map(_square_with_pid, [x, x + 1], state=0, workers=2)]
+
+
+def test_results_come_in_order_from_worker_processes() -> None:
+    found = list(ordered_map(_square_with_pid, list(range(40)), state=1, workers=2, ahead=2))
+    assert [value for value, _ in found] == [x * x + 1 for x in range(40)]
+    assert os.getpid() not in {pid for _, pid in found}
+    one = list(ordered_map(_square_with_pid, [2, 3], state=0, workers=1))
+    assert one == [(4, os.getpid()), (9, os.getpid())]
+
+
+def test_an_error_in_a_worker_keeps_its_class_path_and_fix() -> None:
+    with pytest.raises(DataError) as err:
+        list(ordered_map(_fail_on_three, list(range(8)), workers=2))
+    assert err.value.path == "img3.png" and err.value.fix == "re-export it"
+    assert str(err.value) == "img3.png: cannot read Fix: re-export it"
+
+
+def test_a_killed_worker_is_an_error_not_a_hang() -> None:
+    with pytest.raises(MedlensError, match=r"worker process .* died.*MEDLENS_WORKERS=1"):
+        list(ordered_map(_die_on_three, list(range(8)), workers=2))
+    # the pool is gone and the next map works
+    assert [v for v, _ in ordered_map(_square_with_pid, [1, 2], state=0, workers=2)] == [1, 4]
+
+
+def test_a_map_inside_a_worker_runs_in_that_worker() -> None:
+    for pids in ordered_map(_nested, [0, 1, 2], workers=2):
+        assert len(set(pids)) == 1 and pids[0] != os.getpid()
+
+
+def test_a_cache_built_in_workers_equals_one_built_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = write_chest_folder(tmp_path / "data", 24, size=40, seed=3)
+    manifest = load_manifest(folder)
+    pipe = Pipeline((ZScore(), Resize((16, 16))))
+    monkeypatch.setattr(parallel_module, "PARALLEL_AFTER_S", 0.0)  # these images are tiny
+    monkeypatch.setenv("MEDLENS_WORKERS", "1")
+    here = np.array(build_cache(manifest, pipe, tmp_path / "one").images)
+    monkeypatch.setenv("MEDLENS_WORKERS", "2")
+    forked = np.array(build_cache(manifest, pipe, tmp_path / "two").images)
+    np.testing.assert_array_equal(forked, here)
+
+
+def test_a_bad_image_in_a_parallel_build_names_the_file_and_publishes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = write_chest_folder(tmp_path / "data", 12, size=24, seed=1)
+    manifest = load_manifest(folder)
+    victim = folder / manifest.rows[7]["path"]
+    victim.write_bytes(victim.read_bytes()[:40])  # truncated
+    monkeypatch.setattr(parallel_module, "PARALLEL_AFTER_S", 0.0)
+    monkeypatch.setenv("MEDLENS_WORKERS", "2")
+    with pytest.raises(DataError, match=victim.name):
+        build_cache(manifest, Pipeline((Resize((16, 16)),)), tmp_path / "cache")
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]
+
+
+def test_a_fingerprint_read_in_workers_equals_one_read_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = write_chest_folder(tmp_path / "data", 16, size=32, seed=2)
+    manifest = load_manifest(folder)
+    labels = infer_labels(manifest)
+    monkeypatch.setattr(parallel_module, "PARALLEL_AFTER_S", 0.0)
+    monkeypatch.setenv("MEDLENS_WORKERS", "1")
+    here = fingerprint_dataset(manifest, labels, sample=12)
+    monkeypatch.setenv("MEDLENS_WORKERS", "2")
+    assert fingerprint_dataset(manifest, labels, sample=12) == here
