@@ -19,7 +19,7 @@ import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
@@ -61,10 +61,10 @@ def default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def workers_for(seconds_each: float, count: int) -> int | None:
-    """Workers for ``count`` more items that took ``seconds_each``: the default number when
-    they would take over :data:`PARALLEL_AFTER_S` here, else 1 (MedMNIST-sized samples)."""
-    return None if seconds_each * count > PARALLEL_AFTER_S else 1
+def worth_processes(seconds_each: float, count: int) -> bool:
+    """Whether ``count`` more items that took ``seconds_each`` are worth worker processes: they
+    would take over :data:`PARALLEL_AFTER_S` here (not MedMNIST-sized samples, ~0.1 ms each)."""
+    return seconds_each * count > PARALLEL_AFTER_S
 
 
 def _init_worker() -> None:
@@ -94,34 +94,45 @@ def ordered_map(
     state: Any = None,
     workers: int | None = None,
     ahead: int = 4,
+    processes: bool = True,
 ) -> Iterator[R]:
     """``fn(state, item)`` for every item, yielded in order.
 
-    With ``workers`` > 1 (default :func:`default_workers`) and fork available, the calls run in
-    that many forked processes, at most ``ahead`` per worker queued beyond the one being yielded
-    (a slow consumer does not pile up results). ``fn`` must be a module-level function;
-    ``state`` and ``items`` reach the workers through the fork, unpickled; results and
-    exceptions are pickled back. A worker that dies (killed, out of memory) raises
+    With ``workers`` > 1 (default :func:`default_workers`) the calls run in that many forked
+    processes (``processes`` and fork available) or else threads, at most ``ahead`` per worker
+    queued beyond the one being yielded (a slow consumer does not pile up results); with 1 they
+    run here as the results are consumed. For processes ``fn`` must be a module-level function;
+    ``state`` and ``items`` reach them through the fork, unpickled; results and exceptions are
+    pickled back. A worker process that dies (killed, out of memory) raises
     :class:`MedlensError` instead of hanging. A generator left early shuts its workers down.
     """
     global _JOB
     workers = default_workers() if workers is None else workers
-    parallel = workers > 1 and len(items) > 1 and can_fork() and _JOB_LOCK.acquire(blocking=False)
-    if not parallel:
+    if workers <= 1 or len(items) < 2:
         for item in items:
             yield fn(state, item)
         return
-    _JOB = (fn, state, items)
-    pool = ProcessPoolExecutor(
-        min(workers, len(items)),
-        mp_context=multiprocessing.get_context("fork"),
-        initializer=_init_worker,
-    )
+    forked = processes and can_fork() and _JOB_LOCK.acquire(blocking=False)
+    pool: Executor
+    if forked:
+        _JOB = (fn, state, items)
+        pool = ProcessPoolExecutor(
+            min(workers, len(items)),
+            mp_context=multiprocessing.get_context("fork"),
+            initializer=_init_worker,
+        )
+        task: Callable[[int], Any] = _run
+    else:
+        pool = ThreadPoolExecutor(min(workers, len(items)))
+
+        def task(index: int) -> Any:
+            return fn(state, items[index])
+
     try:
         queued: deque[Future[Any]] = deque()
         following = iter(range(len(items)))
         for index in following:
-            queued.append(pool.submit(_run, index))
+            queued.append(pool.submit(task, index))
             if len(queued) >= workers * ahead:
                 break
         while queued:
@@ -133,10 +144,11 @@ def ordered_map(
                     fix="free memory, or read in this process with MEDLENS_WORKERS=1",
                 ) from None
             for index in following:
-                queued.append(pool.submit(_run, index))
+                queued.append(pool.submit(task, index))
                 break
             yield result
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-        _JOB = None
-        _JOB_LOCK.release()
+        if forked:
+            _JOB = None
+            _JOB_LOCK.release()

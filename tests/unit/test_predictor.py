@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import medlens._parallel as parallel_module
 from medlens.data.fake_dicom import SeriesSpec, write_dicom_series
 from medlens.data.labels import LabelSpec
 from medlens.errors import ArtifactError, DataError
@@ -62,6 +63,11 @@ def test_series_folders_files_and_bad_inputs(model_3d: Path, tmp_path: Path) -> 
     assert "x.png" in bad["input"] and "2D image was given to a 3D model" in bad["error"]
     out = write_predictions(rows, tmp_path / "p.csv", {"name": "m"})
     assert out.read_text().count("\n") == 5
+    # read ahead in forked workers (as for compressed radiographs), in threads, or here: same
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(parallel_module, "PARALLEL_AFTER_S", 0.0)
+        forked = list(predict_items(artifact, items, batch_size=3, workers=2))
+    assert forked == rows == list(predict_items(artifact, items, batch_size=3, workers=1))
 
 
 def test_nothing_to_predict_is_an_error(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ import torch
 from numpy.typing import NDArray
 from threadpoolctl import threadpool_limits
 
-from medlens._parallel import ordered_map, workers_for
+from medlens._parallel import ordered_map, worth_processes
 from medlens.data.builders import load_sample
 from medlens.data.manifest import Manifest
 from medlens.errors import DataError
@@ -149,7 +149,7 @@ def _build_into(
     rest = manifest.rows[1:]
     # decoding (JPEG 2000 holds the GIL) and resizing a 2k radiograph take ~0.15 s: a folder of
     # them is built in worker processes; MedMNIST-sized samples (~0.1 ms) stay in this one
-    workers = workers_for(time.perf_counter() - tic, len(rest))
+    workers = None if worth_processes(time.perf_counter() - tic, len(rest)) else 1
     images = np.lib.format.open_memmap(
         folder / "images.npy", mode="w+", dtype=np.float32, shape=(len(manifest), *first.shape)
     )

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from medlens._parallel import ordered_map, workers_for
+from medlens._parallel import ordered_map, worth_processes
 from medlens.data.builders import load_sample
 from medlens.data.labels import LabelSpec
 from medlens.data.manifest import Manifest
@@ -114,7 +114,7 @@ def fingerprint_dataset(
     tic = time.perf_counter()
     first = _summarise((manifest, seed), items[0])
     # a sample of 2k radiographs takes ~30 s in one process: read them in workers
-    workers = workers_for(time.perf_counter() - tic, len(items) - 1)
+    workers = None if worth_processes(time.perf_counter() - tic, len(items) - 1) else 1
     summaries = [
         first,
         *ordered_map(_summarise, items[1:], state=(manifest, seed), workers=workers),
