@@ -15,6 +15,7 @@ from benchmarks import (
     bench_explain_phantoms,
     bench_inference_latency,
     bench_operating_point,
+    bench_parallel_read,
     bench_predict,
     bench_resize,
     bench_series_loading,
@@ -33,6 +34,7 @@ if __name__ == "__main__":
         bench_explain_phantoms,
         bench_serving,
         bench_predict,
+        bench_parallel_read,
         bench_operating_point,  # re-scores the logits bench_protocol.py saved (run by hand)
     )
     # the training benchmarks last: classification quality is 3 seeds x 2 datasets x 10 minutes
