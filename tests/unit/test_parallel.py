@@ -10,6 +10,7 @@ import pytest
 import medlens._parallel as parallel_module
 from medlens._parallel import can_fork, ordered_map
 from medlens.data import build_cache, load_manifest
+from medlens.data.check import check_dataset
 from medlens.data.labels import infer_labels
 from medlens.data.synthetic import write_chest_folder
 from medlens.errors import DataError, MedlensError
@@ -105,3 +106,18 @@ def test_a_fingerprint_read_in_workers_equals_one_read_here(
     here = fingerprint_dataset(manifest, labels, sample=12)
     monkeypatch.setenv("MEDLENS_WORKERS", "2")
     assert fingerprint_dataset(manifest, labels, sample=12) == here
+
+
+def test_a_data_check_in_workers_reports_what_one_here_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = write_chest_folder(tmp_path / "data", 12, size=24, seed=4)
+    manifest = load_manifest(folder)
+    victim = folder / manifest.rows[5]["path"]
+    victim.write_bytes(victim.read_bytes()[:40])
+    monkeypatch.setattr(parallel_module, "PARALLEL_AFTER_S", 0.0)
+    monkeypatch.setenv("MEDLENS_WORKERS", "1")
+    here = check_dataset(manifest)
+    monkeypatch.setenv("MEDLENS_WORKERS", "2")
+    forked = check_dataset(manifest)
+    assert forked == here and [p for p, _ in forked.unreadable] == [manifest.rows[5]["path"]]

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
+import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from medlens._parallel import ordered_map, worth_processes
 from medlens.data.builders import load_sample
 from medlens.data.manifest import SPLITS, Manifest
 from medlens.data.splits import LeakageReport, array_digest, check_leakage
@@ -44,6 +47,15 @@ def _label_key(manifest: Manifest, row: dict[str, str]) -> str:
     return "|".join(row.get(c, "") for c in manifest.label_columns) or "(none)"
 
 
+def _inspect(manifest: Manifest, row: dict[str, str]) -> tuple[str, str] | MedlensError:
+    """(shape as "CxHxW", content digest) of one decoded sample, or why it cannot be read."""
+    try:
+        image = load_sample(manifest, row)
+    except MedlensError as err:
+        return err
+    return "x".join(map(str, image.array.shape)), array_digest(image.array)
+
+
 def check_dataset(
     manifest: Manifest, *, decode: bool = True, progress: Progress | None = None
 ) -> DataCheckReport:
@@ -65,19 +77,23 @@ def check_dataset(
     digests: dict[int, str] = {}
     shapes: Counter[str] = Counter()
     missing = set(report.missing)
-    if decode:
-        for i, row in enumerate(manifest.rows):
-            if row["path"] in missing:
-                continue
-            try:
-                image = load_sample(manifest, row)
-            except MedlensError as err:
-                report.unreadable.append((row["path"], str(err)))
+    readable = [row for row in manifest.rows if row["path"] not in missing]
+    if decode and readable:
+        tic = time.perf_counter()
+        first = _inspect(manifest, readable[0])
+        # full-size images (~0.15 s each) are decoded in worker processes
+        workers = None if worth_processes(time.perf_counter() - tic, len(readable) - 1) else 1
+        rest = ordered_map(_inspect, readable[1:], state=manifest, workers=workers)
+        for i, (row, found) in enumerate(
+            zip(readable, itertools.chain([first], rest), strict=True), 1
+        ):
+            if isinstance(found, MedlensError):
+                report.unreadable.append((row["path"], str(found)))
             else:
-                shapes["x".join(map(str, image.array.shape))] += 1
-                digests[id(row)] = array_digest(image.array)
+                shapes[found[0]] += 1
+                digests[id(row)] = found[1]
             if progress is not None:
-                progress(i + 1, len(manifest))
+                progress(i, len(readable))
     report.shapes = dict(shapes)
     if len(shapes) > 1:
         report.warnings.append(
