@@ -11,6 +11,7 @@ runs here, one item after another.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
 import os
@@ -67,7 +68,17 @@ def worth_processes(seconds_each: float, count: int) -> bool:
     return seconds_each * count > PARALLEL_AFTER_S
 
 
-def _init_worker() -> None:
+#: prctl option: the signal a process gets when its parent dies (linux/prctl.h)
+_PR_SET_PDEATHSIG = 1
+
+
+def _init_worker(parent: int) -> None:
+    # a parent killed with -9 runs no clean-up: without this its workers would wait for tasks
+    # forever (they hold the task pipe's write end themselves, so it never reports EOF). The
+    # signal follows the forking thread, the one that started the map and consumes it.
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # it died before the line above
+        os._exit(1)
     # another thread (a rich progress bar) may have held the console's lock at the fork: write
     # to the real streams, and log plainly, never through a handler bound to that console
     sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
@@ -120,6 +131,7 @@ def ordered_map(
             min(workers, len(items)),
             mp_context=multiprocessing.get_context("fork"),
             initializer=_init_worker,
+            initargs=(os.getpid(),),
         )
         task: Callable[[int], Any] = _run
     else:

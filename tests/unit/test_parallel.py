@@ -2,6 +2,9 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -121,3 +124,40 @@ def test_a_data_check_in_workers_reports_what_one_here_does(
     monkeypatch.setenv("MEDLENS_WORKERS", "2")
     forked = check_dataset(manifest)
     assert forked == here and [p for p, _ in forked.unreadable] == [manifest.rows[5]["path"]]
+
+
+_ORPHAN_SCRIPT = """
+import os, sys, time
+from medlens._parallel import ordered_map
+
+def slow(_, x):
+    print(os.getpid(), flush=True)
+    time.sleep(60)
+
+for _ in ordered_map(slow, list(range(4)), workers=2):
+    pass
+"""
+
+
+def test_workers_die_with_a_parent_killed_by_sigkill(tmp_path: Path) -> None:
+    script = tmp_path / "parent.py"
+    script.write_text(_ORPHAN_SCRIPT)
+    parent = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, text=True, cwd=tmp_path
+    )
+    assert parent.stdout is not None
+    workers = [int(parent.stdout.readline()) for _ in range(2)]
+    parent.kill()
+    parent.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in workers)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except FileNotFoundError:
+        return False
+    return status != "Z"  # a zombie has exited; only its reaper is gone
