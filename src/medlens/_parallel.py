@@ -5,8 +5,8 @@ another, 1.28 s on 2 threads).
 Workers are forked, as PyTorch's DataLoader does on Linux: a forked child starts in
 milliseconds with everything the parent imported, and - unlike spawn or forkserver - never
 re-imports the caller's ``__main__`` (which costs a torch import per pool, and re-runs a script
-without a ``__main__`` guard). Where fork is unavailable, or inside a worker process, the work
-runs here, one item after another.
+without a ``__main__`` guard). Where fork is unavailable the work runs in threads; inside a
+worker process (the workers are the parallelism) it runs inline.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
@@ -40,11 +41,10 @@ PARALLEL_AFTER_S = 2.0
 
 
 def can_fork() -> bool:
-    """Whether worker processes can be forked here (Linux, and not inside a worker process)."""
+    """Whether worker processes can be forked here: Linux, and not inside a child process."""
     return (
         sys.platform.startswith("linux")
         and "fork" in multiprocessing.get_all_start_methods()
-        and not multiprocessing.current_process().daemon
         and multiprocessing.parent_process() is None
     )
 
@@ -60,12 +60,6 @@ def default_workers() -> int:
                 f"MEDLENS_WORKERS={configured!r} is not a number", fix="set it to 1, 2, ..."
             ) from None
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def worth_processes(seconds_each: float, count: int) -> bool:
-    """Whether ``count`` more items that took ``seconds_each`` are worth worker processes: they
-    would take over :data:`PARALLEL_AFTER_S` here (not MedMNIST-sized samples, ~0.1 ms each)."""
-    return seconds_each * count > PARALLEL_AFTER_S
 
 
 #: prctl option: the signal a process gets when its parent dies (linux/prctl.h)
@@ -106,20 +100,21 @@ def ordered_map(
     workers: int | None = None,
     ahead: int = 4,
     processes: bool = True,
-) -> Iterator[R]:
+) -> Generator[R, None, None]:
     """``fn(state, item)`` for every item, yielded in order.
 
     With ``workers`` > 1 (default :func:`default_workers`) the calls run in that many forked
     processes (``processes`` and fork available) or else threads, at most ``ahead`` per worker
-    queued beyond the one being yielded (a slow consumer does not pile up results); with 1 they
-    run here as the results are consumed. For processes ``fn`` must be a module-level function;
-    ``state`` and ``items`` reach them through the fork, unpickled; results and exceptions are
-    pickled back. A worker process that dies (killed, out of memory) raises
-    :class:`MedlensError` instead of hanging. A generator left early shuts its workers down.
+    queued beyond the one being yielded (a slow consumer does not pile up results); with 1, or
+    inside any child process, they run here as the results are consumed. For processes ``fn``
+    must be a module-level function; ``state`` and ``items`` reach them through the fork,
+    unpickled; results and exceptions are pickled back. A worker process that dies (killed, out
+    of memory) raises :class:`MedlensError` instead of hanging. A generator left early shuts
+    its workers down.
     """
     global _JOB
     workers = default_workers() if workers is None else workers
-    if workers <= 1 or len(items) < 2:
+    if workers <= 1 or len(items) < 2 or multiprocessing.parent_process() is not None:
         for item in items:
             yield fn(state, item)
         return
@@ -164,3 +159,28 @@ def ordered_map(
         if forked:
             _JOB = None
             _JOB_LOCK.release()
+
+
+def timed_map(
+    fn: Callable[[Any, T], R],
+    items: Sequence[T],
+    *,
+    state: Any = None,
+    workers: int | None = None,
+    ahead: int = 4,
+    threads_when_fast: bool = False,
+) -> Generator[R, None, None]:
+    """:func:`ordered_map` that runs the first item here and times it: the rest go to worker
+    processes when they would take over :data:`PARALLEL_AFTER_S` here (a folder of 2k
+    radiographs, ~0.15 s each), and otherwise run here, or in threads with
+    ``threads_when_fast`` (MedMNIST-sized files, ~0.1 ms each: not worth a fork)."""
+    if not items:
+        return
+    tic = time.perf_counter()
+    first = fn(state, items[0])
+    slow = (time.perf_counter() - tic) * (len(items) - 1) > PARALLEL_AFTER_S
+    yield first
+    if not (slow or threads_when_fast):
+        workers = 1
+    rest = items[1:]
+    yield from ordered_map(fn, rest, state=state, workers=workers, ahead=ahead, processes=slow)

@@ -8,13 +8,13 @@ end up sharing one complete store and a killed build leaves nothing half-written
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +25,7 @@ import torch
 from numpy.typing import NDArray
 from threadpoolctl import threadpool_limits
 
-from medlens._parallel import ordered_map, worth_processes
+from medlens._parallel import timed_map
 from medlens.data.builders import load_sample
 from medlens.data.manifest import Manifest
 from medlens.errors import DataError
@@ -144,27 +144,26 @@ def _prepared(state: tuple[Manifest, Pipeline], row: dict[str, str]) -> NDArray[
 def _build_into(
     folder: Path, manifest: Manifest, pipeline: Pipeline, progress: Progress | None
 ) -> None:
-    tic = time.perf_counter()
-    first = _prepared((manifest, pipeline), manifest.rows[0])
-    rest = manifest.rows[1:]
     # decoding (JPEG 2000 holds the GIL) and resizing a 2k radiograph take ~0.15 s: a folder of
-    # them is built in worker processes; MedMNIST-sized samples (~0.1 ms) stay in this one
-    workers = None if worth_processes(time.perf_counter() - tic, len(rest)) else 1
-    images = np.lib.format.open_memmap(
-        folder / "images.npy", mode="w+", dtype=np.float32, shape=(len(manifest), *first.shape)
-    )
-    images[0] = first
-    arrays = ordered_map(_prepared, rest, state=(manifest, pipeline), workers=workers)
-    for i, (row, array) in enumerate(zip(rest, arrays, strict=True), start=1):
-        if array.shape != first.shape:
-            raise DataError(
-                f"after preprocessing this image has shape {array.shape}, the first had {first.shape}",
-                path=row["path"],
-                fix="end the pipeline with Resize or CropOrPad so that all images share one shape",
-            )
-        images[i] = array
-        if progress is not None:
-            progress(i + 1, len(manifest))
+    # them is built in worker processes; MedMNIST-sized samples (~0.1 ms) in this one
+    with contextlib.closing(
+        timed_map(_prepared, manifest.rows, state=(manifest, pipeline))
+    ) as arrays:
+        first = next(arrays)
+        images = np.lib.format.open_memmap(
+            folder / "images.npy", mode="w+", dtype=np.float32, shape=(len(manifest), *first.shape)
+        )
+        images[0] = first
+        for i, (row, array) in enumerate(zip(manifest.rows[1:], arrays, strict=True), start=1):
+            if array.shape != first.shape:
+                raise DataError(
+                    f"after preprocessing this image has shape {array.shape}, the first had {first.shape}",
+                    path=row["path"],
+                    fix="end the pipeline with Resize or CropOrPad so that all images share one shape",
+                )
+            images[i] = array
+            if progress is not None:
+                progress(i + 1, len(manifest))
     images.flush()
     del images
     info: dict[str, Any] = {

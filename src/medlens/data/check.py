@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import itertools
-import time
+import contextlib
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from medlens._parallel import ordered_map, worth_processes
+from medlens._parallel import timed_map
 from medlens.data.builders import load_sample
 from medlens.data.manifest import SPLITS, Manifest
 from medlens.data.splits import LeakageReport, array_digest, check_leakage
@@ -78,22 +77,16 @@ def check_dataset(
     shapes: Counter[str] = Counter()
     missing = set(report.missing)
     readable = [row for row in manifest.rows if row["path"] not in missing]
-    if decode and readable:
-        tic = time.perf_counter()
-        first = _inspect(manifest, readable[0])
-        # full-size images (~0.15 s each) are decoded in worker processes
-        workers = None if worth_processes(time.perf_counter() - tic, len(readable) - 1) else 1
-        rest = ordered_map(_inspect, readable[1:], state=manifest, workers=workers)
-        for i, (row, found) in enumerate(
-            zip(readable, itertools.chain([first], rest), strict=True), 1
-        ):
-            if isinstance(found, MedlensError):
-                report.unreadable.append((row["path"], str(found)))
-            else:
-                shapes[found[0]] += 1
-                digests[id(row)] = found[1]
-            if progress is not None:
-                progress(i, len(readable))
+    if decode:
+        with contextlib.closing(timed_map(_inspect, readable, state=manifest)) as found_all:
+            for i, (row, found) in enumerate(zip(readable, found_all, strict=True), 1):
+                if isinstance(found, MedlensError):
+                    report.unreadable.append((row["path"], str(found)))
+                else:
+                    shapes[found[0]] += 1
+                    digests[id(row)] = found[1]
+                if progress is not None:
+                    progress(i, len(readable))
     report.shapes = dict(shapes)
     if len(shapes) > 1:
         report.warnings.append(

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import itertools
 import json
 import math
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from medlens._fs import atomic_write_text
-from medlens._parallel import default_workers, ordered_map, worth_processes
+from medlens._parallel import default_workers, timed_map
 from medlens.data.builders import IMAGE_SUFFIXES
 from medlens.errors import DataError, MedlensError
 from medlens.inference.artifact import Artifact
@@ -92,38 +92,33 @@ def predict_items(
     reading and preprocessing an item is slow (a compressed radiograph: ~0.15 s, mostly a
     decoder holding the GIL), threads for small files; ``workers=1`` reads here.
     """
-    if not items:
-        return
-    tic = time.perf_counter()
-    first = _load(artifact, items[0])
-    slow = worth_processes(time.perf_counter() - tic, len(items) - 1)
     ahead = math.ceil(batch_size / (workers or default_workers())) + 1
     # small files in threads: their reads and zlib release the GIL, and no fork is paid
-    rest = ordered_map(
-        _load, items[1:], state=artifact, workers=workers, ahead=ahead, processes=slow
+    loading = timed_map(
+        _load, items, state=artifact, workers=workers, ahead=ahead, threads_when_fast=True
     )
-    loaded_items = itertools.chain([first], rest)
-    for start in range(0, len(items), batch_size):
-        chunk = items[start : start + batch_size]
-        loaded = list(itertools.islice(loaded_items, len(chunk)))
-        rows: list[dict[str, Any]] = [
-            {"input": item.name, "error": str(x)} if isinstance(x, MedlensError) else {}
-            for item, x in zip(chunk, loaded, strict=True)
-        ]
-        arrays = {j: x for j, x in enumerate(loaded) if not isinstance(x, MedlensError)}
-        good = list(arrays)
-        if good:
-            batch = np.stack([arrays[j] for j in good])
-            logits = engine.logits(batch) if engine else artifact.logits(batch, device=device)
-            probs = artifact.probabilities(logits)
-            for j, p, decision in zip(good, probs, artifact.decide(probs), strict=True):
-                rows[j] = {"input": chunk[j].name, "prediction": decision} | {
-                    f"p_{c}": round(float(v), 6)
-                    for c, v in zip(artifact.labels.classes, p, strict=True)
-                }
-        if progress is not None:
-            progress(start + len(chunk), len(items))
-        yield from rows
+    with contextlib.closing(loading) as loaded_items:  # a consumer that stops ends the workers
+        for start in range(0, len(items), batch_size):
+            chunk = items[start : start + batch_size]
+            loaded = list(itertools.islice(loaded_items, len(chunk)))
+            rows: list[dict[str, Any]] = [
+                {"input": item.name, "error": str(x)} if isinstance(x, MedlensError) else {}
+                for item, x in zip(chunk, loaded, strict=True)
+            ]
+            arrays = {j: x for j, x in enumerate(loaded) if not isinstance(x, MedlensError)}
+            good = list(arrays)
+            if good:
+                batch = np.stack([arrays[j] for j in good])
+                logits = engine.logits(batch) if engine else artifact.logits(batch, device=device)
+                probs = artifact.probabilities(logits)
+                for j, p, decision in zip(good, probs, artifact.decide(probs), strict=True):
+                    rows[j] = {"input": chunk[j].name, "prediction": decision} | {
+                        f"p_{c}": round(float(v), 6)
+                        for c, v in zip(artifact.labels.classes, p, strict=True)
+                    }
+            if progress is not None:
+                progress(start + len(chunk), len(items))
+            yield from rows
 
 
 def write_predictions(rows: list[dict[str, Any]], out: str | Path, meta: dict[str, Any]) -> Path:

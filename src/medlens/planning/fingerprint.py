@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -12,7 +11,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from medlens._parallel import ordered_map, worth_processes
+from medlens._parallel import timed_map
 from medlens.data.builders import load_sample
 from medlens.data.labels import LabelSpec
 from medlens.data.manifest import Manifest
@@ -111,14 +110,8 @@ def fingerprint_dataset(
         len(rows), size=min(sample, len(rows)), replace=False
     )
     items = [(int(i), rows[i]) for i in sorted(chosen)]
-    tic = time.perf_counter()
-    first = _summarise((manifest, seed), items[0])
     # a sample of 2k radiographs takes ~30 s in one process: read them in workers
-    workers = None if worth_processes(time.perf_counter() - tic, len(items) - 1) else 1
-    summaries = [
-        first,
-        *ordered_map(_summarise, items[1:], state=(manifest, seed), workers=workers),
-    ]
+    summaries = list(timed_map(_summarise, items, state=(manifest, seed)))
     shapes = [s.shape for s in summaries]
     spacings = [s.spacing for s in summaries]
     channels = Counter(s.channels for s in summaries)
