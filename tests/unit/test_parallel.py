@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -161,3 +162,11 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return status != "Z"  # a zombie has exited; only its reaper is gone
+
+
+def test_a_map_left_early_ends_its_workers() -> None:
+    results = ordered_map(_square_with_pid, list(range(100)), state=0, workers=2)
+    pids = {next(results)[1] for _ in range(4)}
+    results.close()
+    assert not multiprocessing.active_children()
+    assert not any(_alive(pid) for pid in pids)
