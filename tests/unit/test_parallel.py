@@ -6,7 +6,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pytest
@@ -20,6 +22,8 @@ from medlens.data.synthetic import write_chest_folder
 from medlens.errors import DataError, MedlensError
 from medlens.planning.fingerprint import fingerprint_dataset
 from medlens.transforms import Pipeline, Resize, ZScore
+
+T = TypeVar("T")
 
 pytestmark = pytest.mark.skipif(not can_fork(), reason="worker processes are forked on Linux")
 
@@ -71,17 +75,25 @@ def test_a_map_inside_a_worker_runs_in_that_worker() -> None:
         assert len(set(pids)) == 1 and pids[0] != os.getpid()
 
 
+def _here_and_in_workers(monkeypatch: pytest.MonkeyPatch, run: Callable[[str], T]) -> list[T]:
+    """``run(name)`` with every map in this process, then with every map in 2 workers."""
+    monkeypatch.setattr(parallel_module, "PARALLEL_AFTER_S", 0.0)  # test images are tiny
+    found = []
+    for workers in ("1", "2"):
+        monkeypatch.setenv("MEDLENS_WORKERS", workers)
+        found.append(run(workers))
+    return found
+
+
 def test_a_cache_built_in_workers_equals_one_built_here(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     folder = write_chest_folder(tmp_path / "data", 24, size=40, seed=3)
     manifest = load_manifest(folder)
     pipe = Pipeline((ZScore(), Resize((16, 16))))
-    monkeypatch.setattr(parallel_module, "PARALLEL_AFTER_S", 0.0)  # these images are tiny
-    monkeypatch.setenv("MEDLENS_WORKERS", "1")
-    here = np.array(build_cache(manifest, pipe, tmp_path / "one").images)
-    monkeypatch.setenv("MEDLENS_WORKERS", "2")
-    forked = np.array(build_cache(manifest, pipe, tmp_path / "two").images)
+    here, forked = _here_and_in_workers(
+        monkeypatch, lambda name: np.array(build_cache(manifest, pipe, tmp_path / name).images)
+    )
     np.testing.assert_array_equal(forked, here)
 
 
@@ -105,11 +117,10 @@ def test_a_fingerprint_read_in_workers_equals_one_read_here(
     folder = write_chest_folder(tmp_path / "data", 16, size=32, seed=2)
     manifest = load_manifest(folder)
     labels = infer_labels(manifest)
-    monkeypatch.setattr(parallel_module, "PARALLEL_AFTER_S", 0.0)
-    monkeypatch.setenv("MEDLENS_WORKERS", "1")
-    here = fingerprint_dataset(manifest, labels, sample=12)
-    monkeypatch.setenv("MEDLENS_WORKERS", "2")
-    assert fingerprint_dataset(manifest, labels, sample=12) == here
+    here, forked = _here_and_in_workers(
+        monkeypatch, lambda _: fingerprint_dataset(manifest, labels, sample=12)
+    )
+    assert forked == here
 
 
 def test_a_data_check_in_workers_reports_what_one_here_does(
@@ -119,11 +130,7 @@ def test_a_data_check_in_workers_reports_what_one_here_does(
     manifest = load_manifest(folder)
     victim = folder / manifest.rows[5]["path"]
     victim.write_bytes(victim.read_bytes()[:40])
-    monkeypatch.setattr(parallel_module, "PARALLEL_AFTER_S", 0.0)
-    monkeypatch.setenv("MEDLENS_WORKERS", "1")
-    here = check_dataset(manifest)
-    monkeypatch.setenv("MEDLENS_WORKERS", "2")
-    forked = check_dataset(manifest)
+    here, forked = _here_and_in_workers(monkeypatch, lambda _: check_dataset(manifest))
     assert forked == here and [p for p, _ in forked.unreadable] == [manifest.rows[5]["path"]]
 
 
@@ -132,7 +139,7 @@ import os, sys, time
 from medlens._parallel import ordered_map
 
 def slow(_, x):
-    print(os.getpid(), flush=True)
+    os.write(1, f"{os.getpid()}\\n".encode())  # one write: two workers' lines never interleave
     time.sleep(60)
 
 for _ in ordered_map(slow, list(range(4)), workers=2):
