@@ -15,7 +15,7 @@ import pytest
 
 import medlens._parallel as parallel_module
 from medlens._parallel import can_fork, ordered_map
-from medlens.data import build_cache, load_manifest
+from medlens.data import Manifest, build_cache, load_manifest
 from medlens.data.check import check_dataset
 from medlens.data.labels import infer_labels
 from medlens.data.synthetic import write_chest_folder
@@ -97,13 +97,19 @@ def test_a_cache_built_in_workers_equals_one_built_here(
     np.testing.assert_array_equal(forked, here)
 
 
+def _with_a_truncated_file(tmp_path: Path, index: int) -> tuple[Manifest, Path]:
+    """12 phantom PNGs, the ``index``-th of them cut to 40 bytes."""
+    folder = write_chest_folder(tmp_path / "data", 12, size=24, seed=1)
+    manifest = load_manifest(folder)
+    victim = folder / manifest.rows[index]["path"]
+    victim.write_bytes(victim.read_bytes()[:40])
+    return manifest, victim
+
+
 def test_a_bad_image_in_a_parallel_build_names_the_file_and_publishes_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    folder = write_chest_folder(tmp_path / "data", 12, size=24, seed=1)
-    manifest = load_manifest(folder)
-    victim = folder / manifest.rows[7]["path"]
-    victim.write_bytes(victim.read_bytes()[:40])  # truncated
+    manifest, victim = _with_a_truncated_file(tmp_path, 7)
     monkeypatch.setattr(parallel_module, "PARALLEL_AFTER_S", 0.0)
     monkeypatch.setenv("MEDLENS_WORKERS", "2")
     with pytest.raises(DataError, match=victim.name):
@@ -126,10 +132,7 @@ def test_a_fingerprint_read_in_workers_equals_one_read_here(
 def test_a_data_check_in_workers_reports_what_one_here_does(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    folder = write_chest_folder(tmp_path / "data", 12, size=24, seed=4)
-    manifest = load_manifest(folder)
-    victim = folder / manifest.rows[5]["path"]
-    victim.write_bytes(victim.read_bytes()[:40])
+    manifest, _ = _with_a_truncated_file(tmp_path, 5)
     here, forked = _here_and_in_workers(monkeypatch, lambda _: check_dataset(manifest))
     assert forked == here and [p for p, _ in forked.unreadable] == [manifest.rows[5]["path"]]
 
