@@ -291,6 +291,21 @@ def test_cache_is_safe_with_two_concurrent_builders(tmp_path: Path, chest_folder
     assert len(entries) == 1 and (entries[0] / "info.json").exists()
 
 
+def test_a_killed_build_leaves_no_folder_behind_after_the_next(
+    tmp_path: Path, chest_folder: Path
+) -> None:
+    manifest = load_manifest(chest_folder)
+    pipe = Pipeline((Resize((12, 12)),))
+    key = cache_key(manifest, pipe)
+    stale = tmp_path / f".{key}.killed"  # what a build killed with -9 leaves
+    (stale / "images.npy").parent.mkdir(parents=True)
+    (stale / "images.npy").write_bytes(b"\0" * 1000)
+    other = tmp_path / ".0123456789abcdef01234567.other"  # another key's build: not ours to touch
+    other.mkdir()
+    build_cache(manifest, pipe, tmp_path)
+    assert not stale.exists() and other.exists() and (tmp_path / key / "info.json").exists()
+
+
 def test_shape_mismatch_in_cache_names_the_fix(tmp_path: Path) -> None:
     write_chest_folder(tmp_path / "a" / "x", 2, size=16)
     write_chest_folder(tmp_path / "b" / "x", 2, size=24)

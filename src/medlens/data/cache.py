@@ -124,6 +124,10 @@ def build_cache(
         fcntl.flock(lock, fcntl.LOCK_EX)  # a concurrent builder waits here, then reuses our result
         if (final / "info.json").exists():
             return _load(final)
+        # builds of this key happen under the lock only: a folder left by one is from a build
+        # that was killed (kill -9, out of memory), and can be the size of the whole dataset
+        for stale in cache_dir.glob(f".{key}.*"):
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=cache_dir))
         try:
             # one BLAS thread, as in each worker: the sums of a resize's matrix product then
