@@ -36,6 +36,16 @@ def atomic_path(target: str | Path, *, suffix: str | None = None) -> Iterator[Pa
         tmp.unlink(missing_ok=True)
 
 
+def remove_partial_writes(folder: Path) -> list[Path]:
+    """Delete the temporary files :func:`atomic_path` left in ``folder`` when its writer was
+    killed mid-write (a checkpoint's is the size of the model and its optimiser state). Only
+    for a folder with one writer, such as a run resuming: a live writer's file looks the same."""
+    found = [p for p in folder.glob(".*.part*") if p.is_file()]
+    for path in found:
+        path.unlink(missing_ok=True)
+    return found
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medlens._fs import atomic_write_text
+from medlens._fs import atomic_write_text, remove_partial_writes
 from medlens.errors import ArtifactError, ConfigError
 from medlens.losses import make_loss
 from medlens.metrics import roc_auc
@@ -365,6 +365,9 @@ class Trainer:
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         start_epoch, history = 0, list[dict[str, Any]]()
         best: dict[str, Any] = {"score": -math.inf, "loss": math.inf, "epoch": -1, "bad_epochs": 0}
+        if resume:
+            for folder in (self.run_dir, self.ckpt_dir):
+                remove_partial_writes(folder)
         if resume and (self.ckpt_dir / CHECKPOINT).exists():
             start_epoch, best, history = self._resume()
             log.info("resuming after epoch %d", start_epoch)
