@@ -94,6 +94,7 @@ def test_training_learned_and_wrote_everything(trained: tuple[Path, dict[str, ob
     training = metrics["training"]
     assert isinstance(training, dict)
     assert meta["operating_point"]["tta_shift"] == 1 == training["tta_shift"]
+    assert isinstance(training["preprocessing_s"], float) and training["preprocessing_s"] >= 0
 
 
 def test_evaluate_reuses_the_frozen_operating_point(
