@@ -177,9 +177,17 @@ def training_progress() -> Iterator[Any]:
         steps = bar.add_task("steps", total=None, info="")
 
         def on_event(kind: str, info: dict[str, Any]) -> None:
-            if kind == "epoch_start":
+            if kind == "cache":  # decoding and preprocessing every image once, before training
+                bar.update(
+                    steps,
+                    description="cache",
+                    total=info["total"],
+                    completed=info["done"],
+                    info="images",
+                )
+            elif kind == "epoch_start":
                 bar.update(epochs, total=info["epochs"], completed=info["epoch"])
-                bar.reset(steps, total=info["steps"], info="")
+                bar.reset(steps, description="steps", total=info["steps"], info="")
             elif kind == "step":
                 bar.update(steps, completed=info["step"], info=f"loss {info['loss']:.4f}")
             elif kind == "epoch_end":

@@ -408,7 +408,16 @@ def train_run(
     )
     stage(f"preprocessing into the cache ({len(manifest)} images)")
     tic = time.monotonic()
-    data = prepare_data(manifest, labels, plan.pipeline(), cache_dir, in_channels=plan.in_channels)
+    data = prepare_data(
+        manifest,
+        labels,
+        plan.pipeline(),
+        cache_dir,
+        in_channels=plan.in_channels,
+        progress=(lambda done, total: on_event("cache", {"done": done, "total": total}))
+        if on_event
+        else None,
+    )
     # outside the budget, which is the training's; a later run on the same data reuses the cache
     preprocessing_s = round(time.monotonic() - tic, 1)
     if folds:
