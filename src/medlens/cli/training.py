@@ -357,15 +357,17 @@ def evaluate_command(
 
     artifact = load_artifact(model_dir)
     manifest = resolve_data(data, patient_regex=patient_regex)
-    metrics, prepared, test = evaluate_artifact(
-        artifact,
-        manifest,
-        split=split,
-        cache_dir=cache_dir() / "arrays",
-        sensitivity=sensitivity,
-        tta=None if tta is None else (replace(artifact.tta, flips=(-1,)) if tta else NO_TTA),
-        resamples=resamples,
-    )
+    with progress_bar("preprocessing") as update:
+        metrics, prepared, test = evaluate_artifact(
+            artifact,
+            manifest,
+            split=split,
+            cache_dir=cache_dir() / "arrays",
+            sensitivity=sensitivity,
+            tta=None if tta is None else (replace(artifact.tta, flips=(-1,)) if tta else NO_TTA),
+            resamples=resamples,
+            progress=update,
+        )
     out = out or artifact.folder.parent / f"evaluation-{split}"
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from medlens.data.cache import Progress
 from medlens.data.manifest import Manifest
 from medlens.errors import ConfigError
 from medlens.evaluation.evaluate import OperatingPoint, SplitScores, evaluate_scores
@@ -41,12 +42,14 @@ def evaluate_artifact(
     tta: TTA | None = None,
     resamples: int = 1000,
     device: str = "cpu",
+    progress: Progress | None = None,
 ) -> tuple[dict[str, Any], PreparedData, SplitScores]:
     """Metrics of ``artifact`` on ``split``; rows without a split count as ``split``.
 
     The stored temperature and threshold are used unchanged, unless ``sensitivity`` asks for a
     new operating point, which is then chosen on the data's validation split. ``tta`` replaces
-    the test-time views the artifact was fitted with (None: those).
+    the test-time views the artifact was fitted with (None: those). ``progress(done, total)``
+    follows the decoding of images not yet in the cache.
     """
     rows = [r if r.get("split") else {**r, "split": split} for r in manifest.rows]
     manifest = Manifest(rows, manifest.root)
@@ -57,6 +60,7 @@ def evaluate_artifact(
         cache_dir,
         in_channels=artifact.in_channels,
         check_leakage=False,
+        progress=progress,
     )
     test = artifact_scores(artifact, data, split, device=device, tta=tta)
     stored = artifact.meta["operating_point"]
