@@ -19,6 +19,7 @@ two threads (what it did before) against forked workers.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -88,23 +89,32 @@ def _model(folder: Path) -> Path:
 
 
 def _build(archive: Path, cache: Path, workers: str) -> tuple[float, np.ndarray]:
-    import os
-
-    os.environ["MEDLENS_WORKERS"] = workers
     manifest = load_manifest(archive)
-    started = time.perf_counter()
-    arrays = np.array(build_cache(manifest, Pipeline.from_spec(PREPROCESSING), cache).images)
-    return time.perf_counter() - started, arrays
+    before = os.environ.get("MEDLENS_WORKERS")
+    os.environ["MEDLENS_WORKERS"] = workers
+    try:
+        started = time.perf_counter()
+        arrays = np.array(build_cache(manifest, Pipeline.from_spec(PREPROCESSING), cache).images)
+        return time.perf_counter() - started, arrays
+    finally:
+        if before is None:
+            del os.environ["MEDLENS_WORKERS"]
+        else:
+            os.environ["MEDLENS_WORKERS"] = before
 
 
 def _predict(model: Path, archive: Path, processes: bool) -> tuple[float, list[dict[str, Any]]]:
     artifact = load_artifact(model)
     items = expand_inputs([archive])
     # the threshold decides processes against threads; 10^9 s keeps the threads
-    parallel.PARALLEL_AFTER_S = 2.0 if processes else 1e9
-    started = time.perf_counter()
-    rows = list(predict_items(artifact, items, workers=2))
-    return time.perf_counter() - started, rows
+    default = parallel.PARALLEL_AFTER_S
+    parallel.PARALLEL_AFTER_S = default if processes else 1e9
+    try:
+        started = time.perf_counter()
+        rows = list(predict_items(artifact, items, workers=2))
+        return time.perf_counter() - started, rows
+    finally:
+        parallel.PARALLEL_AFTER_S = default
 
 
 def main(argv: list[str] | None = None) -> None:
