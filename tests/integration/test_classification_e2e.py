@@ -120,6 +120,37 @@ def test_evaluate_reuses_the_frozen_operating_point(
     assert (tmp_path / "report.html").is_file()
 
 
+def test_evaluate_decodes_only_the_rows_it_scores(
+    trained: tuple[Path, dict[str, object]], tmp_path: Path
+) -> None:
+    from collections import Counter
+
+    from medlens.data import Manifest
+    from medlens.errors import ConfigError
+    from medlens.evaluation.artifact_eval import evaluate_artifact
+    from medlens.inference import load_artifact
+    from medlens.training import prepare_data
+
+    run, metrics = trained
+    artifact = load_artifact(run / "model")
+    manifest = Manifest.read(run / "manifest.csv")
+    splits = Counter(r["split"] for r in manifest)
+    found, data, _ = evaluate_artifact(
+        artifact, manifest, split="test", cache_dir=tmp_path / "fresh", resamples=50
+    )
+    assert len(data.manifest) == splits["test"] + splits["val"] < len(manifest)
+    test = metrics["test"]
+    assert isinstance(test, dict) and found["test"]["auc"] == pytest.approx(test["auc"], abs=1e-6)
+    # the whole data already cached, as training leaves it: that cache is used, nothing rebuilt
+    whole = tmp_path / "whole"
+    prepare_data(manifest, artifact.labels, artifact.pipeline, whole, check_leakage=False)
+    _, data, _ = evaluate_artifact(artifact, manifest, split="test", cache_dir=whole, resamples=50)
+    assert len(data.manifest) == len(manifest)
+    assert len([p for p in whole.iterdir() if p.is_dir()]) == 1
+    with pytest.raises(ConfigError, match="no rows in split 'holdout'"):
+        evaluate_artifact(artifact, manifest, split="holdout", cache_dir=whole)
+
+
 def test_predict_writes_probabilities_and_decisions(
     trained: tuple[Path, dict[str, object]],
     phantoms: Path,

@@ -13,7 +13,7 @@ from medlens.errors import ConfigError
 from medlens.evaluation.evaluate import OperatingPoint, SplitScores, evaluate_scores
 from medlens.inference.artifact import Artifact
 from medlens.models.tta import TTA
-from medlens.training.data import PreparedData, prepare_data
+from medlens.training.data import PreparedData, is_prepared, prepare_data
 
 
 def artifact_scores(
@@ -52,7 +52,14 @@ def evaluate_artifact(
     follows the decoding of images not yet in the cache.
     """
     rows = [r if r.get("split") else {**r, "split": split} for r in manifest.rows]
-    manifest = Manifest(rows, manifest.root)
+    if not any(r["split"] == split for r in rows):
+        raise ConfigError(f"the data has no rows in split {split!r}")
+    whole = Manifest(rows, manifest.root)
+    # only the split and validation (its metrics, or the refitted operating point) are scored:
+    # the training rows are decoded only when the cache training built holds them already
+    if not is_prepared(whole, artifact.pipeline, cache_dir):
+        rows = [r for r in rows if r["split"] in (split, "val")]
+    manifest = Manifest(rows, whole.root)
     data = prepare_data(
         manifest,
         artifact.labels,

@@ -38,6 +38,20 @@ class PreparedData:
         return np.ascontiguousarray(self.cached.images[np.sort(indices)])
 
 
+def _images_only(manifest: Manifest) -> Manifest:
+    """The split is not part of the cached content: re-splitting or folding reuses the cache."""
+    return Manifest(
+        [{k: v for k, v in r.items() if k not in _SPLIT_COLUMNS} for r in manifest.rows],
+        manifest.root,
+    )
+
+
+def is_prepared(manifest: Manifest, pipeline: Pipeline, cache_dir: str | Path) -> bool:
+    """Whether :func:`prepare_data` would find every image of ``manifest`` already cached."""
+    key = cache_key(_images_only(manifest), pipeline)
+    return (Path(cache_dir) / key / "info.json").is_file()
+
+
 def prepare_data(
     manifest: Manifest,
     labels: LabelSpec,
@@ -51,11 +65,7 @@ def prepare_data(
     """Preprocess once into the cache (split-independent, so folds share it) and encode targets."""
     if check_leakage:
         assert_no_leakage(manifest)
-    # the split is not part of the cached content: re-splitting or folding reuses the cache
-    images_only = Manifest(
-        [{k: v for k, v in r.items() if k not in _SPLIT_COLUMNS} for r in manifest.rows],
-        manifest.root,
-    )
+    images_only = _images_only(manifest)
     cached = build_cache(images_only, pipeline, cache_dir, progress=progress)
     if in_channels is not None and cached.images.shape[1] != in_channels:
         raise DataError(
