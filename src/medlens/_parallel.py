@@ -33,7 +33,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 #: (function, state, items) of the map being run; forked workers inherit it, so only an item's
-#: index crosses the pipe. One map at a time uses processes; a second one meanwhile runs inline.
+#: index crosses the pipe. One map at a time uses processes; a second one meanwhile uses threads.
 _JOB: tuple[Callable[[Any, Any], Any], Any, Sequence[Any]] | None = None
 _JOB_LOCK = threading.Lock()
 #: estimated one-process time above which a map forks workers (starting them takes ~50 ms)
