@@ -95,6 +95,11 @@ def test_training_learned_and_wrote_everything(trained: tuple[Path, dict[str, ob
     assert isinstance(training, dict)
     assert meta["operating_point"]["tta_shift"] == 1 == training["tta_shift"]
     assert isinstance(training["preprocessing_s"], float) and training["preprocessing_s"] >= 0
+    # phantoms of one generator: no split is told apart from training's (classes with 20
+    # images or more in both are compared)
+    shifts = metrics["shift"]
+    assert isinstance(shifts, list) and shifts and not any(s["flagged"] for s in shifts)
+    assert "Split shift" in html and "No split differs" in html
 
 
 def test_evaluate_reuses_the_frozen_operating_point(
@@ -139,13 +144,16 @@ def test_evaluate_decodes_only_the_rows_it_scores(
         artifact, manifest, split="test", cache_dir=tmp_path / "fresh", resamples=50
     )
     assert len(data.manifest) == splits["test"] + splits["val"] < len(manifest)
+    assert found["shift"] == []  # no training images to compare with
     test = metrics["test"]
     assert isinstance(test, dict) and found["test"]["auc"] == pytest.approx(test["auc"], abs=1e-6)
     # the whole data already cached, as training leaves it: that cache is used, nothing rebuilt
     whole = tmp_path / "whole"
     prepare_data(manifest, artifact.labels, artifact.pipeline, whole, check_leakage=False)
-    _, data, _ = evaluate_artifact(artifact, manifest, split="test", cache_dir=whole, resamples=50)
-    assert len(data.manifest) == len(manifest)
+    found, data, _ = evaluate_artifact(
+        artifact, manifest, split="test", cache_dir=whole, resamples=50
+    )
+    assert len(data.manifest) == len(manifest) and found["shift"] == metrics["shift"]
     assert len([p for p in whole.iterdir() if p.is_dir()]) == 1
     with pytest.raises(ConfigError, match="no rows in split 'holdout'"):
         evaluate_artifact(artifact, manifest, split="holdout", cache_dir=whole)

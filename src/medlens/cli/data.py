@@ -34,6 +34,22 @@ def render_report(report: DataCheckReport, title: str) -> None:
         console.print(
             "shapes: " + ", ".join(f"{s} ({n})" for s, n in sorted(report.shapes.items()))
         )
+    if report.shifts:
+        shifts = Table(
+            title="Split shift: AUC of telling a split's images from train's (0.5: alike)"
+        )
+        for column in ("split", "class", "images (train)", "AUC (95 % CI)"):
+            shifts.add_column(column)
+        for shift in report.shifts:
+            style = "yellow" if shift.flagged else None
+            shifts.add_row(
+                shift.split,
+                shift.label,
+                f"{shift.n} ({shift.n_reference})",
+                f"{shift.auc:.2f} ({shift.ci[0]:.2f}-{shift.ci[1]:.2f})",
+                style=style,
+            )
+        console.print(shifts)
     for warning in report.warnings:
         console.print(f"[yellow]warning:[/] {warning}")
     if report.ok:

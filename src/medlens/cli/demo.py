@@ -10,7 +10,7 @@ from rich.table import Table
 
 from medlens.cli.common import cache_dir, console, data_dirs, progress_bar
 from medlens.cli.data import render_report
-from medlens.cli.training import training_progress
+from medlens.cli.training import print_shift_warnings, training_progress
 from medlens.data import load_manifest
 from medlens.data.check import check_dataset
 from medlens.data.demo import DEMO_DATASET, prepare_demo_data
@@ -88,4 +88,5 @@ def run_demo(out: Path, *, offline: bool = False, budget_s: float = 180.0) -> No
         "'ACC @0.5' is the published protocol (fixed 0.5 on uncalibrated probabilities). "
         "Parentheses: 95% bootstrap CIs."
     )
+    print_shift_warnings(result.metrics)
     console.print(f"report: {result.run_dir / 'report.html'}\nmodel: {result.model_dir}")

@@ -218,6 +218,15 @@ def headline_table(metrics: dict[str, Any], title: str) -> Table:
     return table
 
 
+def print_shift_warnings(metrics: dict[str, Any]) -> None:
+    """One line for each split whose images a classifier tells apart from training's."""
+    from medlens.data.shift import SplitShift
+
+    for found in metrics.get("shift", []):
+        if found["flagged"]:
+            console.print(f"[yellow]warning:[/] {SplitShift.from_dict(found).describe()}")
+
+
 def train_command(
     data: Annotated[
         str, typer.Argument(help="Dataset: .npz, class folder, manifest CSV, medmnist:NAME.")
@@ -313,6 +322,7 @@ def train_command(
         )
     show_plan(result.plan)
     console.print(headline_table(result.metrics, f"test results ({time.monotonic() - tic:.0f} s)"))
+    print_shift_warnings(result.metrics)
     console.print(
         f"model: {result.model_dir}\nreport: {out / 'report.html'}\nmetrics: {out / 'metrics.json'}"
     )
@@ -380,6 +390,7 @@ def evaluate_command(
     console.print(
         headline_table(metrics, f"{artifact.meta['name']} on {split} (n={metrics['test']['n']})")
     )
+    print_shift_warnings(metrics)
     console.print(f"metrics: {out / 'metrics.json'}\nreport: {out / 'report.html'}")
 
 

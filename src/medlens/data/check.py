@@ -1,4 +1,4 @@
-"""Dataset validation: unreadable files, label problems, leakage and duplicate images."""
+"""Dataset validation: unreadable files, label problems, leakage, duplicate images, split shift."""
 
 from __future__ import annotations
 
@@ -7,9 +7,12 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from threadpoolctl import threadpool_limits
+
 from medlens._parallel import timed_map
 from medlens.data.builders import load_sample
 from medlens.data.manifest import SPLITS, Manifest
+from medlens.data.shift import SplitShift, Thumbnail, pick, split_shifts, thumbnail
 from medlens.data.splits import LeakageReport, array_digest, check_leakage
 from medlens.errors import MedlensError
 
@@ -27,6 +30,7 @@ class DataCheckReport:
     missing: list[str] = field(default_factory=list)
     label_problems: list[str] = field(default_factory=list)
     leakage: LeakageReport = field(default_factory=LeakageReport)
+    shifts: list[SplitShift] = field(default_factory=list)  # val/test vs train, per class
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -42,23 +46,27 @@ class DataCheckReport:
         return out
 
 
-def _label_key(manifest: Manifest, row: dict[str, str]) -> str:
-    return "|".join(row.get(c, "") for c in manifest.label_columns) or "(none)"
+Inspected = tuple[str, str, Thumbnail | None]
 
 
-def _inspect(manifest: Manifest, row: dict[str, str]) -> tuple[str, str] | MedlensError:
-    """(shape as "CxHxW", content digest) of one decoded sample, or why it cannot be read."""
+def _inspect(manifest: Manifest, item: tuple[dict[str, str], bool]) -> Inspected | MedlensError:
+    """(shape as "CxHxW", content digest, thumbnail if asked for) of one decoded sample, or
+    why it cannot be read."""
+    row, wants_thumbnail = item
     try:
         image = load_sample(manifest, row)
     except MedlensError as err:
         return err
-    return "x".join(map(str, image.array.shape)), array_digest(image.array)
+    shape = "x".join(map(str, image.array.shape))
+    return shape, array_digest(image.array), thumbnail(image) if wants_thumbnail else None
 
 
 def check_dataset(
     manifest: Manifest, *, decode: bool = True, progress: Progress | None = None
 ) -> DataCheckReport:
-    """Validate a manifest; with ``decode`` every image is decoded (unreadable files, duplicates).
+    """Validate a manifest; with ``decode`` every image is decoded (unreadable files, duplicates)
+    and the validation and test images of each class are compared with training's
+    (:mod:`medlens.data.shift`).
 
     Example:
         >>> report = check_dataset(load_manifest("data/"))  # doctest: +SKIP
@@ -67,7 +75,7 @@ def check_dataset(
     """
     counts: dict[str, Counter[str]] = defaultdict(Counter)
     for row in manifest:
-        counts[row.get("split") or "unsplit"][_label_key(manifest, row)] += 1
+        counts[row.get("split") or "unsplit"][manifest.label_key(row)] += 1
     report = DataCheckReport(
         rows=len(manifest), counts={s: dict(c) for s, c in counts.items()}, shapes={}
     )
@@ -77,17 +85,28 @@ def check_dataset(
     shapes: Counter[str] = Counter()
     missing = set(report.missing)
     readable = [row for row in manifest.rows if row["path"] not in missing]
+    thumbnails: dict[tuple[str, str], list[Thumbnail]] = defaultdict(list)
     if decode:
-        with contextlib.closing(timed_map(_inspect, readable, state=manifest)) as found_all:
+        chosen = pick([(r.get("split", ""), manifest.label_key(r)) for r in readable])
+        items = [(row, i in chosen) for i, row in enumerate(readable)]
+        # one BLAS thread here as in the workers: the thumbnails do not depend on where they ran
+        with (
+            threadpool_limits(1),
+            contextlib.closing(timed_map(_inspect, items, state=manifest)) as found_all,
+        ):
             for i, (row, found) in enumerate(zip(readable, found_all, strict=True), 1):
                 if isinstance(found, MedlensError):
                     report.unreadable.append((row["path"], str(found)))
                 else:
                     shapes[found[0]] += 1
                     digests[id(row)] = found[1]
+                    if found[2] is not None:
+                        thumbnails[row["split"], manifest.label_key(row)].append(found[2])
                 if progress is not None:
                     progress(i, len(readable))
     report.shapes = dict(shapes)
+    report.shifts = split_shifts(thumbnails)
+    report.warnings += [shift.describe() for shift in report.shifts if shift.flagged]
     if len(shapes) > 1:
         report.warnings.append(
             f"{len(shapes)} different image shapes: preprocessing must resize them"

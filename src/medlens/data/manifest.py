@@ -79,6 +79,10 @@ class Manifest:
         values = {row.get(column, "") for row in self.rows} - {""}
         return sorted(values, key=lambda v: (0, float(v), v) if _is_number(v) else (1, 0.0, v))
 
+    def label_key(self, row: dict[str, str]) -> str:
+        """A row's labels as one string ("a|b" for several label columns; "(none)")."""
+        return "|".join(row.get(c, "") for c in self.label_columns) or "(none)"
+
     def resolve(self, row: dict[str, str], column: str = "path") -> Path:
         """Absolute path (selector kept) of a row's input."""
         base, selector = split_selector(row[column])

@@ -90,4 +90,5 @@ def evaluate_artifact(
     metrics = evaluate_scores(
         val, test, artifact.labels, operating_point=op, sensitivity=sensitivity, resamples=resamples
     )
+    metrics["shift"] = [shift.to_dict() for shift in data.shifts()]  # with training rows only
     return metrics, data, test

@@ -169,6 +169,35 @@ def _table(metrics: dict[str, Any]) -> str:
     )
 
 
+def _shift(metrics: dict[str, Any]) -> str:
+    """The split-shift table (medlens.data.shift) and what a flagged row means."""
+    shifts = metrics.get("shift") or []
+    if not shifts:
+        return ""
+    rows = "".join(
+        f"<tr><td>{html.escape(s['split'])}</td><td>{html.escape(s['label'])}</td>"
+        f"<td>{s['n']} ({s['n_reference']})</td><td>{'<b>' if s['flagged'] else ''}{s['auc']:.2f}"
+        f"{'</b>' if s['flagged'] else ''} ({s['ci'][0]:.2f} – {s['ci'][1]:.2f})</td></tr>"
+        for s in shifts
+    )
+    flagged = [s for s in shifts if s["flagged"]]
+    meaning = (
+        f"<p><b>{len(flagged)} of {len(shifts)}</b> differ (bold: the 95% CI reaches "
+        "0.6): those images do not look like the ones the operating point was chosen on, "
+        "and sensitivity or specificity may not carry over from validation.</p>"
+        if flagged
+        else "<p>No split differs from training's images.</p>"
+    )
+    return (
+        "<h2>Split shift</h2><p class='note'>How well a cross-validated linear classifier "
+        "tells a split's images from training's, class by class (AUC; 0.5: alike).</p>"
+        "<table><tr><th>split</th><th>class</th><th>images (train)</th><th>AUC (95% CI)</th></tr>"
+        + rows
+        + "</table>"
+        + meaning
+    )
+
+
 def write_report(
     path: str | Path,
     metrics: dict[str, Any],
@@ -197,6 +226,7 @@ test n = {metrics["test"]["n"]}. Operating point chosen on validation ({metrics[
 and applied unchanged to test; probabilities calibrated by temperature scaling fitted on validation.</p>
 {_table(metrics)}
 {"".join(f'<p class="note">{html.escape(n)}</p>' for n in notes)}
+{_shift(metrics)}
 <h2>ROC and precision-recall</h2>{_curves(metrics)}
 <h2>Confusion matrix and calibration</h2>{_confusion_and_calibration(metrics)}
 <h2>Learning curves</h2>{_learning_curves(history)}

@@ -12,8 +12,10 @@ from numpy.typing import NDArray
 from medlens.data.cache import CachedArrays, Progress, build_cache, cache_key
 from medlens.data.labels import LabelSpec
 from medlens.data.manifest import Manifest
+from medlens.data.shift import SplitShift, shifts_of
 from medlens.data.splits import assert_no_leakage
 from medlens.errors import DataError
+from medlens.io import MedicalImage
 from medlens.transforms.base import Pipeline
 
 _SPLIT_COLUMNS = ("split", "fold")
@@ -36,6 +38,12 @@ class PreparedData:
 
     def images(self, indices: NDArray[np.int64]) -> NDArray[np.float32]:
         return np.ascontiguousarray(self.cached.images[np.sort(indices)])
+
+    def shifts(self) -> list[SplitShift]:
+        """Validation and test images told apart from training's, class by class
+        (:mod:`medlens.data.shift`); none without training rows."""
+        keys = [(r.get("split", ""), self.manifest.label_key(r)) for r in self.manifest.rows]
+        return shifts_of(keys, lambda i: MedicalImage(np.asarray(self.cached.images[i])))
 
 
 def _images_only(manifest: Manifest) -> Manifest:

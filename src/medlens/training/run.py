@@ -444,6 +444,7 @@ def train_run(
         **ctx.tta.to_meta(),
         "split": how,
     }
+    metrics["shift"] = [shift.to_dict() for shift in data.shifts()]
     title = title or f"medlens: {plan.model} on {manifest.root.name or 'data'}"
     model_dir = _save_outputs(ctx, data, results, test, metrics, title=title, how=how)
     return RunResult(run_dir, model_dir, plan, metrics, results, val, test)

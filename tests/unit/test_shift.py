@@ -1,0 +1,114 @@
+"""Split shift: images of a split that come from elsewhere are told apart, class by class."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medlens.data import load_manifest
+from medlens.data.check import check_dataset
+from medlens.data.shift import SplitShift, _hanley_mcneil, split_shifts, thumbnail
+from medlens.data.synthetic import chest_dataset
+from medlens.io import MedicalImage
+
+
+def _medmnist_file(path: Path, shifted_class: int | None) -> Path:
+    """Chest phantoms in MedMNIST's layout; the test images of ``shifted_class`` get a
+    left-to-right exposure ramp, as from another site's equipment."""
+    data = chest_dataset(300, size=28, seed=3)
+    images = data.images.reshape(len(data.images), 28, 28).astype(np.float32)
+    images = (images - images.min()) / (images.max() - images.min())
+    labels = data.labels.reshape(-1, 1)
+    parts = {"train": slice(0, 180), "val": slice(180, 240), "test": slice(240, 300)}
+    arrays: dict[str, np.ndarray] = {}
+    for split, rows in parts.items():
+        x, y = images[rows].copy(), labels[rows]
+        if split == "test" and shifted_class is not None:
+            ramp = np.linspace(0.6, 1.4, 28, dtype=np.float32)
+            x[y[:, 0] == shifted_class] *= ramp
+        arrays[f"{split}_images"] = (np.clip(x, 0, 1) * 255).astype(np.uint8)
+        arrays[f"{split}_labels"] = y
+    np.savez(path, **arrays)  # type: ignore[arg-type]
+    return path
+
+
+def test_a_test_class_from_elsewhere_is_flagged_and_the_others_are_not(tmp_path: Path) -> None:
+    report = check_dataset(load_manifest(_medmnist_file(tmp_path / "toy.npz", shifted_class=0)))
+    by_key = {(s.split, s.label): s for s in report.shifts}
+    assert set(by_key) == {("val", "0"), ("val", "1"), ("test", "0"), ("test", "1")}
+    assert by_key["test", "0"].flagged and by_key["test", "0"].auc > 0.8
+    assert not any(s.flagged for key, s in by_key.items() if key != ("test", "0"))
+    assert [w for w in report.warnings if "told apart" in w] == [by_key["test", "0"].describe()]
+    assert report.ok  # a shift is worth knowing, not an error in the data
+
+
+def test_splits_from_one_source_are_not_flagged(tmp_path: Path) -> None:
+    report = check_dataset(load_manifest(_medmnist_file(tmp_path / "toy.npz", shifted_class=None)))
+    assert len(report.shifts) == 4 and not any(s.flagged for s in report.shifts)
+    assert all(abs(s.auc - 0.5) < 0.2 for s in report.shifts)
+
+
+def test_classes_with_too_few_images_are_not_compared() -> None:
+    rng = np.random.default_rng(0)
+    thumbs = {
+        ("train", "a"): list(rng.normal(size=(30, 10)).astype(np.float32)),
+        ("test", "a"): list(rng.normal(size=(19, 10)).astype(np.float32)),
+        ("test", "b"): list(rng.normal(size=(40, 10)).astype(np.float32)),  # no training images
+    }
+    assert split_shifts(thumbs) == []
+
+
+def test_thumbnails_have_one_length_per_dimensionality_and_keep_colour() -> None:
+    grey = thumbnail(MedicalImage(np.random.default_rng(0).random((1, 50, 70))))
+    assert grey.shape == (24 * 24 + 3,) and not grey[-3:].any()
+    assert abs(float(grey[:-3].mean())) < 1e-5 and abs(float(grey[:-3].std()) - 1) < 1e-4
+    red = np.random.default_rng(1).random((3, 40, 40))
+    red[0] += 1.0
+    colour = thumbnail(MedicalImage(red))
+    assert colour.shape == grey.shape and colour[-3] > 0 > colour[-2]
+    assert thumbnail(MedicalImage(np.ones((1, 20, 20, 20)))).shape == (8**3 + 3,)
+
+
+@pytest.mark.parametrize("n", [30, 200])
+def test_the_auc_interval_covers_the_spread_of_simulated_studies(n: int) -> None:
+    """Binormal scores with a true AUC of 0.8: the interval's width matches the SD of the
+    AUCs of 400 simulated studies of n cases a side (Hanley & McNeil's approximation)."""
+    from scipy.stats import norm
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    shift = math.sqrt(2) * norm.ppf(0.8)
+    y = np.r_[np.zeros(n), np.ones(n)]
+    aucs = [
+        roc_auc_score(y, np.r_[rng.normal(size=n), rng.normal(shift, size=n)]) for _ in range(400)
+    ]
+    low, high = _hanley_mcneil(0.8, n, n)
+    assert (high - low) / (2 * 1.96) == pytest.approx(np.std(aucs), rel=0.15)
+    assert _hanley_mcneil(0.99, 5, 5)[1] == 1.0  # clipped to the scale
+
+
+def test_training_data_reports_the_shift_of_its_preprocessed_images(tmp_path: Path) -> None:
+    from medlens.data.labels import infer_labels
+    from medlens.training import prepare_data
+    from medlens.transforms import Pipeline, Resize, ZScore
+
+    manifest = load_manifest(_medmnist_file(tmp_path / "toy.npz", shifted_class=0))
+    pipeline = Pipeline((ZScore(), Resize((20, 20))))
+    data = prepare_data(manifest, infer_labels(manifest), pipeline, tmp_path / "cache")
+    flagged = [(s.split, s.label) for s in data.shifts() if s.flagged]
+    assert flagged == [("test", "0")]
+
+
+def test_the_report_shows_the_shift_table(tmp_path: Path) -> None:
+    from medlens.evaluation.report import _shift
+
+    shift = SplitShift("test", "train", "normal", 234, 1000, 0.81, (0.78, 0.85))
+    assert SplitShift.from_dict(shift.to_dict()) == shift
+    page = _shift({"shift": [shift.to_dict()]})
+    assert "<b>0.81</b>" in page and "234 (1000)" in page and "1 of 1" in page
+    assert _shift({"shift": []}) == "" and "No split differs" in _shift(
+        {"shift": [SplitShift("val", "train", "normal", 135, 1000, 0.5, (0.44, 0.56)).to_dict()]}
+    )
