@@ -72,6 +72,8 @@ def run_one(dataset: str, seed: int, budget: float, work: Path) -> dict[str, Any
         "max_val_accuracy_point": other,
         "ci": m["test"]["ci"],
         "val_auc": m["val"]["auc"],
+        "val": {k: m["val"][k] for k in ("sensitivity", "specificity") if k in m["val"]},
+        "shift": m["shift"],  # val/test images told apart from training's, per class
         "threshold": m["threshold"],
         "temperature": m["temperature"],
         "plan": {
