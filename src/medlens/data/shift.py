@@ -75,15 +75,16 @@ def thumbnail(image: MedicalImage) -> Thumbnail:
     does; the colour values (each channel's mean less the grey mean, in grey SDs; zero for grey
     images) keep a stain or colour-cast difference visible.
     """
-    array = image.array.astype(np.float32)
-    grey = array.mean(axis=0, keepdims=True)
-    side = THUMBNAIL_SIDE[image.spatial_dims]
-    small = Resize((side,) * image.spatial_dims)(image.with_array(grey)).array.ravel()
-    sd = float(grey.std()) or 1.0
+    array = image.array
     colour = np.zeros(3, dtype=np.float32)
+    grey = array
     if array.shape[0] > 1:
-        means = array.reshape(array.shape[0], -1).mean(axis=1)[:3]
-        colour[: len(means)] = (means - grey.mean()) / sd
+        grey = array.mean(axis=0, keepdims=True, dtype=np.float32)
+        means = array.reshape(array.shape[0], -1).mean(axis=1, dtype=np.float64)[:3]
+        colour[: len(means)] = (means - grey.mean()) / (float(grey.std()) or 1.0)
+    side = THUMBNAIL_SIDE[image.spatial_dims]
+    grid = (side,) * image.spatial_dims
+    small = Resize(grid)(image.with_array(grey)).array.astype(np.float32).ravel()
     small = (small - small.mean()) / (float(small.std()) or 1.0)
     return np.concatenate([small, colour]).astype(np.float32)
 
