@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -112,3 +114,61 @@ def test_the_report_shows_the_shift_table(tmp_path: Path) -> None:
     assert _shift({"shift": []}) == "" and "No split differs" in _shift(
         {"shift": [SplitShift("val", "train", "normal", 135, 1000, 0.5, (0.44, 0.56)).to_dict()]}
     )
+
+
+def _external(source: Path, out: Path, *, rows: slice, labels: bool = True) -> Path:
+    """Test images of ``source`` as another site's data set (a MedMNIST file of one split)."""
+    data = np.load(source)
+    arrays = {"test_images": data["test_images"][rows]}
+    labels_of = data["test_labels"][rows]
+    arrays["test_labels"] = labels_of if labels else np.full_like(labels_of, 7)
+    np.savez(out, **arrays)
+    return out
+
+
+def test_an_external_set_is_compared_with_the_training_images_it_is_checked_against(
+    tmp_path: Path,
+) -> None:
+    source = _medmnist_file(tmp_path / "toy.npz", shifted_class=0)
+    external = _external(source, tmp_path / "site2.npz", rows=slice(0, 60))
+    report = check_dataset(load_manifest(external), against=load_manifest(source))
+    outside = {s.label: s for s in report.shifts if s.reference == "reference"}
+    assert set(outside) == {"0", "1"} and {s.split for s in outside.values()} == {"external"}
+    assert outside["0"].flagged and not outside["1"].flagged
+    assert outside["0"].n_reference == sum(
+        1 for r in load_manifest(source) if r["split"] == "train" and r["label"] == "0"
+    )  # compared with the training split only
+    assert report.ok and not report.shared_with_reference
+
+
+def test_other_class_names_are_compared_as_one_group_and_shared_images_are_problems(
+    tmp_path: Path,
+) -> None:
+    source = _medmnist_file(tmp_path / "toy.npz", shifted_class=None)
+    external = _external(source, tmp_path / "site2.npz", rows=slice(0, 60), labels=False)
+    data = np.load(external)
+    train_image = np.load(source)["train_images"][5]
+    np.savez(
+        external,
+        test_images=np.concatenate([data["test_images"], train_image[None]]),
+        test_labels=np.concatenate([data["test_labels"], data["test_labels"][:1]]),
+    )
+    report = check_dataset(load_manifest(external), against=load_manifest(source))
+    outside = [s for s in report.shifts if s.reference == "reference"]
+    assert [(s.label, s.n) for s in outside] == [("(all)", 61)] and not outside[0].flagged
+    assert report.shared_with_reference == [("site2.npz#test/60", "toy.npz#train/5")]
+    assert not report.ok and any("identical pixels" in d for _, d in report.problems())
+
+
+def test_data_check_against_prints_the_comparison(
+    tmp_path: Path, run_cli: Callable[..., Any]
+) -> None:
+    source = _medmnist_file(tmp_path / "toy.npz", shifted_class=0)
+    external = _external(source, tmp_path / "site2.npz", rows=slice(0, 60))
+    result = run_cli("data", "check", str(external), "--against", str(source))
+    assert result.code == 0, result.err
+    assert "external" in result.out and "warning: external images of class '0'" in " ".join(
+        result.out.split()
+    )
+    refused = run_cli("data", "check", str(external), "--against", str(source), "--no-decode")
+    assert refused.code == 2 and "--no-decode" in refused.err

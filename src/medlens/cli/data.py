@@ -35,19 +35,17 @@ def render_report(report: DataCheckReport, title: str) -> None:
             "shapes: " + ", ".join(f"{s} ({n})" for s, n in sorted(report.shapes.items()))
         )
     if report.shifts:
-        shifts = Table(
-            title="Split shift: AUC of telling a split's images from train's (0.5: alike)"
-        )
-        for column in ("split", "class", "images (train)", "AUC (95 % CI)"):
+        shifts = Table(title="Split shift: AUC of telling two splits' images apart (0.5: alike)")
+        for column in ("split", "against", "class", "images", "AUC (95 % CI)"):
             shifts.add_column(column)
         for shift in report.shifts:
-            style = "yellow" if shift.flagged else None
             shifts.add_row(
                 shift.split,
+                shift.reference,
                 shift.label,
-                f"{shift.n} ({shift.n_reference})",
+                f"{shift.n} / {shift.n_reference}",
                 f"{shift.auc:.2f} ({shift.ci[0]:.2f}-{shift.ci[1]:.2f})",
-                style=style,
+                style="yellow" if shift.flagged else None,
             )
         console.print(shifts)
     for warning in report.warnings:
@@ -76,14 +74,25 @@ def check(
     no_decode: Annotated[
         bool, typer.Option("--no-decode", help="Skip decoding (no unreadable/duplicate check).")
     ] = False,
+    against: Annotated[
+        Path | None,
+        typer.Option(
+            "--against",
+            help="The data a model was trained on: compare PATH (an external test set) with its "
+            "training images, and find images the two share.",
+        ),
+    ] = None,
 ) -> None:
     """Validate a dataset; exit code 1 when a problem is found."""
     from medlens.data import load_manifest
     from medlens.data.check import check_dataset
 
     manifest = load_manifest(path, patient_regex=patient_regex)
+    reference = None if against is None else load_manifest(against, patient_regex=patient_regex)
+    if reference is not None and no_decode:
+        raise ConfigError("--against compares images: leave out --no-decode")
     with progress_bar("decoding") as update:
-        report = check_dataset(manifest, decode=not no_decode, progress=update)
+        report = check_dataset(manifest, decode=not no_decode, progress=update, against=reference)
     render_report(report, str(path))
     if not report.ok:
         raise typer.Exit(1)

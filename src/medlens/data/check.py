@@ -31,11 +31,19 @@ class DataCheckReport:
     label_problems: list[str] = field(default_factory=list)
     leakage: LeakageReport = field(default_factory=LeakageReport)
     shifts: list[SplitShift] = field(default_factory=list)  # val/test vs train, per class
+    #: (path here, path in the reference data) of pixel-identical images (check_dataset's against)
+    shared_with_reference: list[tuple[str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not (self.unreadable or self.missing or self.label_problems or not self.leakage.ok)
+        return not (
+            self.unreadable
+            or self.missing
+            or self.label_problems
+            or self.shared_with_reference
+            or not self.leakage.ok
+        )
 
     def problems(self) -> list[tuple[str, str]]:
         """(kind, message) rows for a table."""
@@ -43,6 +51,10 @@ class DataCheckReport:
         out += [("unreadable", f"{p}: {m}") for p, m in self.unreadable[:20]]
         out += [("labels", m) for m in self.label_problems]
         out += [("leakage", m) for m in self.leakage.problems()]
+        out += [
+            ("in the reference", f"identical pixels: {mine} == {theirs} (reference)")
+            for mine, theirs in self.shared_with_reference[:10]
+        ]
         return out
 
 
@@ -61,12 +73,55 @@ def _inspect(manifest: Manifest, item: tuple[dict[str, str], bool]) -> Inspected
     return shape, array_digest(image.array), thumbnail(image) if wants_thumbnail else None
 
 
+@dataclass
+class _Decoded:
+    shapes: Counter[str] = field(default_factory=Counter)
+    digests: dict[int, str] = field(default_factory=dict)  # id(row) -> content digest
+    thumbnails: dict[int, Thumbnail] = field(default_factory=dict)  # row index -> thumbnail
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _decode(
+    manifest: Manifest,
+    rows: list[dict[str, str]],
+    chosen: set[int],
+    progress: Callable[[int], None],
+) -> _Decoded:
+    """Decode ``rows`` (in worker processes when that pays), thumbnails of the ``chosen``."""
+    found = _Decoded()
+    items = [(row, i in chosen) for i, row in enumerate(rows)]
+    # one BLAS thread here as in the workers: the thumbnails do not depend on where they ran
+    with (
+        threadpool_limits(1),
+        contextlib.closing(timed_map(_inspect, items, state=manifest)) as inspected,
+    ):
+        for i, (row, result) in enumerate(zip(rows, inspected, strict=True)):
+            if isinstance(result, MedlensError):
+                found.unreadable.append((row["path"], str(result)))
+            else:
+                found.shapes[result[0]] += 1
+                found.digests[id(row)] = result[1]
+                if result[2] is not None:
+                    found.thumbnails[i] = result[2]
+            progress(i + 1)
+    return found
+
+
 def check_dataset(
-    manifest: Manifest, *, decode: bool = True, progress: Progress | None = None
+    manifest: Manifest,
+    *,
+    decode: bool = True,
+    progress: Progress | None = None,
+    against: Manifest | None = None,
 ) -> DataCheckReport:
     """Validate a manifest; with ``decode`` every image is decoded (unreadable files, duplicates)
     and the validation and test images of each class are compared with training's
     (:mod:`medlens.data.shift`).
+
+    ``against`` (decoded too) is the data a model was trained on - its training split, or all of
+    it without one - and ``manifest`` an external test set: every image of it is compared with
+    those, class by class (all classes as one where the two share none), and an image
+    pixel-identical to one of them is a problem.
 
     Example:
         >>> report = check_dataset(load_manifest("data/"))  # doctest: +SKIP
@@ -81,41 +136,78 @@ def check_dataset(
     )
     report.missing = manifest.missing_files()
     _check_labels(manifest, report)
-    digests: dict[int, str] = {}
-    shapes: Counter[str] = Counter()
     missing = set(report.missing)
     readable = [row for row in manifest.rows if row["path"] not in missing]
-    thumbnails: dict[tuple[str, str], list[Thumbnail]] = defaultdict(list)
+    reference = _training_rows(against) if against is not None else []
+    total = len(readable) + len(reference)
+    done = progress or (lambda _done, _total: None)
+    decoded = _Decoded()
     if decode:
-        chosen = pick([(r.get("split", ""), manifest.label_key(r)) for r in readable])
-        items = [(row, i in chosen) for i, row in enumerate(readable)]
-        # one BLAS thread here as in the workers: the thumbnails do not depend on where they ran
-        with (
-            threadpool_limits(1),
-            contextlib.closing(timed_map(_inspect, items, state=manifest)) as found_all,
-        ):
-            for i, (row, found) in enumerate(zip(readable, found_all, strict=True), 1):
-                if isinstance(found, MedlensError):
-                    report.unreadable.append((row["path"], str(found)))
-                else:
-                    shapes[found[0]] += 1
-                    digests[id(row)] = found[1]
-                    if found[2] is not None:
-                        thumbnails[row["split"], manifest.label_key(row)].append(found[2])
-                if progress is not None:
-                    progress(i, len(readable))
-    report.shapes = dict(shapes)
-    report.shifts = split_shifts(thumbnails)
-    report.warnings += [shift.describe() for shift in report.shifts if shift.flagged]
-    if len(shapes) > 1:
-        report.warnings.append(
-            f"{len(shapes)} different image shapes: preprocessing must resize them"
+        keys = [(r.get("split", ""), manifest.label_key(r)) for r in readable]
+        outside = [("external", key[1]) for key in keys]
+        decoded = _decode(
+            manifest,
+            readable,
+            pick(keys) | (pick(outside) if against is not None else set()),
+            lambda i: done(i, total),
         )
-    has_hash = bool(digests)
+        report.unreadable = decoded.unreadable
+        thumbnails: dict[tuple[str, str], list[Thumbnail]] = defaultdict(list)
+        for i, thumb in decoded.thumbnails.items():
+            thumbnails[keys[i]].append(thumb)
+        report.shifts = split_shifts(thumbnails)
+        if against is not None:
+            report.shifts += _compare(against, reference, readable, outside, decoded, report, done)
+    report.shapes = dict(decoded.shapes)
+    report.warnings += [shift.describe() for shift in report.shifts if shift.flagged]
+    if len(report.shapes) > 1:
+        report.warnings.append(
+            f"{len(report.shapes)} different image shapes: preprocessing must resize them"
+        )
+    digests = decoded.digests
     report.leakage = check_leakage(
-        manifest, (lambda row: digests.get(id(row), f"unread-{id(row)}")) if has_hash else None
+        manifest, (lambda row: digests.get(id(row), f"unread-{id(row)}")) if digests else None
     )
     return report
+
+
+def _training_rows(manifest: Manifest) -> list[dict[str, str]]:
+    """The rows a model trained on: the training split, or every row without one."""
+    train = [r for r in manifest.rows if r.get("split") == "train"]
+    missing = set(manifest.missing_files())
+    return [r for r in (train or manifest.rows) if r["path"] not in missing]
+
+
+def _compare(
+    against: Manifest,
+    reference: list[dict[str, str]],
+    readable: list[dict[str, str]],
+    outside: list[tuple[str, str]],
+    decoded: _Decoded,
+    report: DataCheckReport,
+    done: Callable[[int, int], None],
+) -> list[SplitShift]:
+    """External images against the reference's training images: shift and shared pixels."""
+    total = len(readable) + len(reference)
+    ref_keys = [("reference", against.label_key(r)) for r in reference]
+    shared_classes = {k[1] for k in ref_keys} & {k[1] for k in outside}
+    if not shared_classes:  # unlabelled, or other class names: all images as one group
+        ref_keys = [(k[0], "(all)") for k in ref_keys]
+        outside = [(k[0], "(all)") for k in outside]
+    theirs = _decode(against, reference, pick(ref_keys), lambda i: done(len(readable) + i, total))
+    report.unreadable += [(f"reference {p}", m) for p, m in theirs.unreadable]
+    thumbnails: dict[tuple[str, str], list[Thumbnail]] = defaultdict(list)
+    for i, thumb in decoded.thumbnails.items():
+        thumbnails[outside[i]].append(thumb)
+    for i, thumb in theirs.thumbnails.items():
+        thumbnails[ref_keys[i]].append(thumb)
+    by_digest = {theirs.digests[id(r)]: r["path"] for r in reference if id(r) in theirs.digests}
+    report.shared_with_reference = [
+        (row["path"], by_digest[decoded.digests[id(row)]])
+        for row in readable
+        if decoded.digests.get(id(row)) in by_digest
+    ]
+    return split_shifts(thumbnails, reference="reference")
 
 
 def _check_labels(manifest: Manifest, report: DataCheckReport) -> None:

@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from medlens.data.manifest import SPLITS
 from medlens.io import MedicalImage
 from medlens.transforms import Resize
 
@@ -61,10 +60,10 @@ class SplitShift:
 
     def describe(self) -> str:
         return (
-            f"{self.split} images of class {self.label!r} are told apart from {self.reference}'s "
-            f"by a linear classifier (AUC {self.auc:.2f}, 95 % CI {self.ci[0]:.2f}-"
-            f"{self.ci[1]:.2f}; {self.n} and {self.n_reference} images): they differ, and an operating point "
-            f"chosen on validation may not carry over to {self.split}"
+            f"{self.split} images of class {self.label!r} are told apart from {self.reference} "
+            f"images by a linear classifier (AUC {self.auc:.2f}, 95 % CI {self.ci[0]:.2f}-"
+            f"{self.ci[1]:.2f}; {self.n} and {self.n_reference} images): they differ, and an "
+            f"operating point chosen on validation may not carry over to the {self.split} images"
         )
 
 
@@ -91,10 +90,10 @@ def thumbnail(image: MedicalImage) -> Thumbnail:
 
 def pick(keys: Sequence[tuple[str, str]], seed: int = 0) -> set[int]:
     """Indices of up to :data:`MAX_PER_SIDE` rows of each (split, label) in ``keys``, drawn
-    reproducibly; rows outside train/val/test are never picked."""
+    reproducibly; rows of no split ("") are never picked."""
     groups: dict[tuple[str, str], list[int]] = defaultdict(list)
     for i, key in enumerate(keys):
-        if key[0] in SPLITS:
+        if key[0]:
             groups[key].append(i)
     rng = np.random.default_rng(seed)
     chosen: set[int] = set()
