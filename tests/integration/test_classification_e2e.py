@@ -141,7 +141,12 @@ def test_evaluate_decodes_only_the_rows_it_scores(
     manifest = Manifest.read(run / "manifest.csv")
     splits = Counter(r["split"] for r in manifest)
     found, data, _ = evaluate_artifact(
-        artifact, manifest, split="test", cache_dir=tmp_path / "fresh", resamples=50
+        artifact,
+        manifest,
+        split="test",
+        cache_dir=tmp_path / "fresh",
+        resamples=50,
+        trained_on=manifest,  # the same data: no training images are added for the shift
     )
     assert len(data.manifest) == splits["test"] + splits["val"] < len(manifest)
     assert found["shift"] == []  # no training images to compare with
@@ -157,6 +162,34 @@ def test_evaluate_decodes_only_the_rows_it_scores(
     assert len([p for p in whole.iterdir() if p.is_dir()]) == 1
     with pytest.raises(ConfigError, match="no rows in split 'holdout'"):
         evaluate_artifact(artifact, manifest, split="holdout", cache_dir=whole)
+
+
+def test_evaluating_an_external_set_compares_it_with_the_training_images(
+    trained: tuple[Path, dict[str, object]], run_cli: Callable[..., object], tmp_path: Path
+) -> None:
+    import shutil
+    from collections import Counter
+
+    from medlens.data import Manifest
+
+    run, _ = trained
+    manifest = Manifest.read(run / "manifest.csv")
+    site2 = tmp_path / "site2"
+    for row in manifest:
+        if row["split"] != "train":  # another site's images: these were never trained on
+            (site2 / row["label"]).mkdir(parents=True, exist_ok=True)
+            shutil.copy(manifest.resolve(row), site2 / row["label"])
+    result = run_cli("evaluate", str(run / "model"), str(site2), "--out", str(tmp_path / "ev"))
+    assert result.code == 0, result.err  # type: ignore[attr-defined]
+    found = json.loads((tmp_path / "ev/metrics.json").read_text())
+    train = Counter(r["label"] for r in manifest if r["split"] == "train")
+    site = Counter(r["label"] for r in manifest if r["split"] != "train")
+    assert found["test"]["n"] == sum(site.values())
+    # one generator made both: compared class by class, and alike
+    assert [(s["label"], s["n"], s["n_reference"]) for s in found["shift"]] == [
+        (label, site[label], train[label]) for label in sorted(train)
+    ]
+    assert not any(s["flagged"] for s in found["shift"])
 
 
 def test_predict_writes_probabilities_and_decisions(

@@ -359,6 +359,7 @@ def evaluate_command(
     """Evaluate a model on DATA: metrics with 95% CIs, calibration, report.html."""
     from dataclasses import replace
 
+    from medlens.data.manifest import Manifest
     from medlens.evaluation.artifact_eval import evaluate_artifact
     from medlens.evaluation.report import write_report
     from medlens.inference import load_artifact
@@ -367,6 +368,9 @@ def evaluate_command(
 
     artifact = load_artifact(model_dir)
     manifest = resolve_data(data, patient_regex=patient_regex)
+    # the run's manifest beside model/: an external data set is compared with its training images
+    run_manifest = artifact.folder.parent / "manifest.csv"
+    trained_on = Manifest.read(run_manifest) if run_manifest.is_file() else None
     with progress_bar("preprocessing") as update:
         metrics, prepared, test = evaluate_artifact(
             artifact,
@@ -377,6 +381,7 @@ def evaluate_command(
             tta=None if tta is None else (replace(artifact.tta, flips=(-1,)) if tta else NO_TTA),
             resamples=resamples,
             progress=update,
+            trained_on=trained_on,
         )
     out = out or artifact.folder.parent / f"evaluation-{split}"
     out.mkdir(parents=True, exist_ok=True)

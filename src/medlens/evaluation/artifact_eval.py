@@ -9,6 +9,7 @@ import numpy as np
 
 from medlens.data.cache import Progress
 from medlens.data.manifest import Manifest
+from medlens.data.shift import pick
 from medlens.errors import ConfigError
 from medlens.evaluation.evaluate import OperatingPoint, SplitScores, evaluate_scores
 from medlens.inference.artifact import Artifact
@@ -32,6 +33,24 @@ def artifact_scores(
     return SplitScores(split, idx, data.targets[idx], logits, groups)
 
 
+def _training_sample(trained_on: Manifest, data: Manifest) -> list[dict[str, str]]:
+    """Up to :data:`~medlens.data.shift.MAX_PER_SIDE` training images of each class, as rows of
+    ``data`` (absolute paths, split "train") - none unless ``data`` is external: shares no
+    image file with the training split."""
+    train = [r for r in trained_on.rows if r.get("split") == "train"]
+    theirs = {str(trained_on.resolve(r)) for r in train}
+    if not train or any(str(data.resolve(r)) in theirs for r in data.rows):
+        return []
+    columns = data.columns
+    chosen = sorted(pick([("train", trained_on.label_key(r)) for r in train]))
+    sample = []
+    for row in (train[i] for i in chosen):
+        new = {c: row.get(c, "") for c in columns} | {"split": "train"}
+        new |= {c: str(trained_on.resolve(row, c)) for c in trained_on.path_columns if row.get(c)}
+        sample.append(new)
+    return sample
+
+
 def evaluate_artifact(
     artifact: Artifact,
     manifest: Manifest,
@@ -43,13 +62,16 @@ def evaluate_artifact(
     resamples: int = 1000,
     device: str = "cpu",
     progress: Progress | None = None,
+    trained_on: Manifest | None = None,
 ) -> tuple[dict[str, Any], PreparedData, SplitScores]:
     """Metrics of ``artifact`` on ``split``; rows without a split count as ``split``.
 
     The stored temperature and threshold are used unchanged, unless ``sensitivity`` asks for a
     new operating point, which is then chosen on the data's validation split. ``tta`` replaces
     the test-time views the artifact was fitted with (None: those). ``progress(done, total)``
-    follows the decoding of images not yet in the cache.
+    follows the decoding of images not yet in the cache. ``trained_on`` (the manifest training
+    wrote beside the model) makes an external data set's ``metrics["shift"]``: its images
+    against a sample of the training images (:mod:`medlens.data.shift`).
     """
     rows = [r if r.get("split") else {**r, "split": split} for r in manifest.rows]
     if not any(r["split"] == split for r in rows):
@@ -59,6 +81,8 @@ def evaluate_artifact(
     # the training rows are decoded only when the cache training built holds them already
     if not is_prepared(whole, artifact.pipeline, cache_dir):
         rows = [r for r in rows if r["split"] in (split, "val")]
+    if trained_on is not None:
+        rows += _training_sample(trained_on, whole)
     manifest = Manifest(rows, whole.root)
     data = prepare_data(
         manifest,
