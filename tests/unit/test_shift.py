@@ -172,3 +172,15 @@ def test_data_check_against_prints_the_comparison(
     )
     refused = run_cli("data", "check", str(external), "--against", str(source), "--no-decode")
     assert refused.code == 2 and "--no-decode" in refused.err
+
+
+def test_the_auc_matches_scikit_learn_with_ties() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    from medlens.data.shift import _auc
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        positive = rng.random(60) < 0.3
+        scores = rng.integers(0, 6, 60).astype(np.float64)  # many ties
+        assert _auc(positive, scores) == pytest.approx(roc_auc_score(positive, scores), abs=1e-12)
