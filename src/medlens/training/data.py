@@ -41,8 +41,14 @@ class PreparedData:
 
     def shifts(self) -> list[SplitShift]:
         """Validation and test images told apart from training's, class by class
-        (:mod:`medlens.data.shift`); none without training rows."""
-        keys = [(r.get("split", ""), self.manifest.label_key(r)) for r in self.manifest.rows]
+        (:mod:`medlens.data.shift`; classes by their display names); none without training rows."""
+        labels = self.labels
+        names = {} if labels.multilabel else dict(zip(labels.values, labels.classes, strict=True))
+        keys = [
+            (r.get("split", ""), names.get(key, key))
+            for r in self.manifest.rows
+            for key in [self.manifest.label_key(r)]
+        ]
         return shifts_of(keys, lambda i: MedicalImage(np.asarray(self.cached.images[i])))
 
 
