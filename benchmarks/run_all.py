@@ -22,6 +22,7 @@ from benchmarks import (
     bench_serving,
     bench_training_throughput,
     bench_transfer,
+    bench_unseen_brats,
 )
 
 if __name__ == "__main__":
@@ -43,6 +44,7 @@ if __name__ == "__main__":
         bench_explain,
         bench_training_throughput,
         bench_transfer,
+        bench_unseen_brats,
         bench_classification,
     ):
         print(f"== {module.__name__}", flush=True)
