@@ -70,6 +70,25 @@ def test_split_layout_folder(tmp_path: Path) -> None:
     assert {r["split"] for r in manifest} == {"train", "test"}
 
 
+def test_a_class_folder_of_medlens_npz_images_keeps_their_channels(tmp_path: Path) -> None:
+    from medlens.data.builders import load_sample
+    from medlens.io import MedicalImage, write_image
+
+    rng = np.random.default_rng(0)
+    for label in ("tumour", "no_tumour"):
+        (tmp_path / label).mkdir()
+        for i in range(3):  # two channels (say FLAIR and T1c) of float, negative values
+            image = MedicalImage(
+                rng.normal(size=(2, 12, 12)).astype(np.float32), spacing=(0.9, 0.9)
+            )
+            write_image(image, tmp_path / label / f"pat{i}_z{i:03d}.npz")
+    manifest = load_manifest(tmp_path)
+    assert len(manifest) == 6 and {r["patient_id"] for r in manifest} == {"pat0", "pat1", "pat2"}
+    sample = load_sample(manifest, manifest.rows[0])
+    assert sample.array.shape == (2, 12, 12) and sample.array.min() < 0
+    assert sample.spacing[:2] == pytest.approx((0.9, 0.9))
+
+
 def _pngs(root: Path, names: dict[str, list[str]]) -> None:
     from PIL import Image
 

@@ -34,6 +34,7 @@ IMAGE_SUFFIXES = {
     ".nrrd",
     ".mha",
     ".mhd",
+    ".npz",  # medlens image files (write_image's geometry-keeping format)
 }
 _SPLIT_ALIASES = {
     "train": "train",
