@@ -55,12 +55,41 @@ def test_splits_from_one_source_are_not_flagged(tmp_path: Path) -> None:
 
 def test_classes_with_too_few_images_are_not_compared() -> None:
     rng = np.random.default_rng(0)
-    thumbs = {
-        ("train", "a"): list(rng.normal(size=(30, 10)).astype(np.float32)),
-        ("test", "a"): list(rng.normal(size=(19, 10)).astype(np.float32)),
-        ("test", "b"): list(rng.normal(size=(40, 10)).astype(np.float32)),  # no training images
-    }
-    assert split_shifts(thumbs) == []
+
+    def samples(n: int, patients: int) -> list[tuple[str, np.ndarray]]:
+        return [(f"p{i % patients}", t) for i, t in enumerate(rng.normal(size=(n, 10)))]
+
+    assert (
+        split_shifts(
+            {
+                ("train", "a"): samples(30, 30),
+                ("test", "a"): samples(19, 19),  # too few images
+                ("test", "b"): samples(40, 40),  # no training images of the class
+                ("train", "c"): samples(30, 30),
+                ("test", "c"): samples(40, 1),  # one patient: nothing to cross-validate over
+            }
+        )
+        == []
+    )
+
+
+def test_a_patients_other_images_do_not_count_as_a_shift() -> None:
+    """20 patients a side from one population, 10 near-identical images each: a classifier
+    cross-validated over images would recognise the patients; over patients it cannot."""
+    rng = np.random.default_rng(1)
+
+    def side(name: str) -> list[tuple[str, np.ndarray]]:
+        looks = rng.normal(size=(20, 50))
+        return [
+            (f"{name}{p}", (looks[p] + 0.1 * rng.normal(size=50)).astype(np.float32))
+            for p in range(20)
+            for _ in range(10)
+        ]
+
+    (found,) = split_shifts({("train", "x"): side("a"), ("test", "x"): side("b")})
+    assert (found.n, found.patients) == (200, 20) and not found.flagged
+    assert abs(found.auc - 0.5) < 0.2
+    assert "200 and 200 images of 20 and 20 patients" in found.describe()
 
 
 def test_thumbnails_have_one_length_per_dimensionality_and_keep_colour() -> None:
@@ -108,12 +137,16 @@ def test_training_data_reports_the_shift_of_its_preprocessed_images(tmp_path: Pa
 def test_the_report_shows_the_shift_table(tmp_path: Path) -> None:
     from medlens.evaluation.report import _shift
 
-    shift = SplitShift("test", "train", "normal", 234, 1000, 0.81, (0.78, 0.85))
+    shift = SplitShift("test", "train", "normal", 234, 1000, 234, 1000, 0.81, (0.78, 0.85))
     assert SplitShift.from_dict(shift.to_dict()) == shift
     page = _shift({"shift": [shift.to_dict()]})
     assert "<b>0.81</b>" in page and "234 (1000)" in page and "1 of 1" in page
     assert _shift({"shift": []}) == "" and "No split differs" in _shift(
-        {"shift": [SplitShift("val", "train", "normal", 135, 1000, 0.5, (0.44, 0.56)).to_dict()]}
+        {
+            "shift": [
+                SplitShift("val", "train", "n", 135, 1000, 135, 1000, 0.5, (0.4, 0.6)).to_dict()
+            ]
+        }
     )
 
 

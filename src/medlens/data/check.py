@@ -12,7 +12,7 @@ from threadpoolctl import threadpool_limits
 from medlens._parallel import timed_map
 from medlens.data.builders import load_sample
 from medlens.data.manifest import SPLITS, Manifest
-from medlens.data.shift import SplitShift, Thumbnail, pick, split_shifts, thumbnail
+from medlens.data.shift import Sample, SplitShift, Thumbnail, pick, split_shifts, thumbnail
 from medlens.data.splits import LeakageReport, array_digest, check_leakage
 from medlens.errors import MedlensError
 
@@ -145,17 +145,15 @@ def check_dataset(
     if decode:
         keys = [(r.get("split", ""), manifest.label_key(r)) for r in readable]
         outside = [("external", key[1]) for key in keys]
+        inside = pick(keys)
         decoded = _decode(
             manifest,
             readable,
-            pick(keys) | (pick(outside) if against is not None else set()),
+            inside | (pick(outside) if against is not None else set()),
             lambda i: done(i, total),
         )
         report.unreadable = decoded.unreadable
-        thumbnails: dict[tuple[str, str], list[Thumbnail]] = defaultdict(list)
-        for i, thumb in decoded.thumbnails.items():
-            thumbnails[keys[i]].append(thumb)
-        report.shifts = split_shifts(thumbnails)
+        report.shifts = split_shifts(_samples(readable, keys, decoded, inside))
         if against is not None:
             report.shifts += _compare(against, reference, readable, outside, decoded, report, done)
     report.shapes = dict(decoded.shapes)
@@ -194,20 +192,30 @@ def _compare(
     if not shared_classes:  # unlabelled, or other class names: all images as one group
         ref_keys = [(k[0], "(all)") for k in ref_keys]
         outside = [(k[0], "(all)") for k in outside]
-    theirs = _decode(against, reference, pick(ref_keys), lambda i: done(len(readable) + i, total))
+    chosen = pick(ref_keys)
+    theirs = _decode(against, reference, chosen, lambda i: done(len(readable) + i, total))
     report.unreadable += [(f"reference {p}", m) for p, m in theirs.unreadable]
-    thumbnails: dict[tuple[str, str], list[Thumbnail]] = defaultdict(list)
-    for i, thumb in decoded.thumbnails.items():
-        thumbnails[outside[i]].append(thumb)
-    for i, thumb in theirs.thumbnails.items():
-        thumbnails[ref_keys[i]].append(thumb)
+    samples = _samples(readable, outside, decoded, pick(outside))
+    samples.update(_samples(reference, ref_keys, theirs, chosen))
     by_digest = {theirs.digests[id(r)]: r["path"] for r in reference if id(r) in theirs.digests}
     report.shared_with_reference = [
         (row["path"], by_digest[decoded.digests[id(row)]])
         for row in readable
         if decoded.digests.get(id(row)) in by_digest
     ]
-    return split_shifts(thumbnails, reference="reference")
+    return split_shifts(samples, reference="reference")
+
+
+def _samples(
+    rows: list[dict[str, str]], keys: list[tuple[str, str]], decoded: _Decoded, chosen: set[int]
+) -> dict[tuple[str, str], list[Sample]]:
+    """(patient, thumbnail) of the ``chosen`` rows that were read, by their key."""
+    samples: dict[tuple[str, str], list[Sample]] = defaultdict(list)
+    for i in sorted(chosen & decoded.thumbnails.keys()):
+        samples[keys[i]].append(
+            (rows[i].get("patient_id") or rows[i]["path"], decoded.thumbnails[i])
+        )
+    return samples
 
 
 def _check_labels(manifest: Manifest, report: DataCheckReport) -> None:

@@ -49,7 +49,8 @@ class PreparedData:
             for r in self.manifest.rows
             for key in [self.manifest.label_key(r)]
         ]
-        return shifts_of(keys, lambda i: MedicalImage(np.asarray(self.cached.images[i])))
+        patients = [r.get("patient_id") or r["path"] for r in self.manifest.rows]
+        return shifts_of(keys, patients, lambda i: MedicalImage(np.asarray(self.cached.images[i])))
 
 
 def _images_only(manifest: Manifest) -> Manifest:
