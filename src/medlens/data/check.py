@@ -144,18 +144,20 @@ def check_dataset(
     decoded = _Decoded()
     if decode:
         keys = [(r.get("split", ""), manifest.label_key(r)) for r in readable]
-        outside = [("external", key[1]) for key in keys]
         inside = pick(keys)
-        decoded = _decode(
-            manifest,
-            readable,
-            inside | (pick(outside) if against is not None else set()),
-            lambda i: done(i, total),
-        )
+        outside, ref_keys = _external_keys(manifest, readable, against, reference)
+        decoded = _decode(manifest, readable, inside | pick(outside), lambda i: done(i, total))
         report.unreadable = decoded.unreadable
         report.shifts = split_shifts(_samples(readable, keys, decoded, inside))
         if against is not None:
-            report.shifts += _compare(against, reference, readable, outside, decoded, report, done)
+            theirs = _decode(
+                against, reference, pick(ref_keys), lambda i: done(len(readable) + i, total)
+            )
+            report.unreadable += [(f"reference {p}", m) for p, m in theirs.unreadable]
+            samples = _samples(readable, outside, decoded, pick(outside))
+            samples.update(_samples(reference, ref_keys, theirs, pick(ref_keys)))
+            report.shifts += split_shifts(samples, reference="reference")
+            report.shared_with_reference = _shared(readable, decoded, reference, theirs)
     report.shapes = dict(decoded.shapes)
     report.warnings += [shift.describe() for shift in report.shifts if shift.flagged]
     if len(report.shapes) > 1:
@@ -176,34 +178,37 @@ def _training_rows(manifest: Manifest) -> list[dict[str, str]]:
     return [r for r in (train or manifest.rows) if r["path"] not in missing]
 
 
-def _compare(
-    against: Manifest,
-    reference: list[dict[str, str]],
+def _external_keys(
+    manifest: Manifest,
     readable: list[dict[str, str]],
-    outside: list[tuple[str, str]],
-    decoded: _Decoded,
-    report: DataCheckReport,
-    done: Callable[[int, int], None],
-) -> list[SplitShift]:
-    """External images against the reference's training images: shift and shared pixels."""
-    total = len(readable) + len(reference)
+    against: Manifest | None,
+    reference: list[dict[str, str]],
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """Keys of the external rows and of the reference's training rows: by class where the two
+    share class names, else all in one group (unlabelled data); none without ``against``."""
+    if against is None:
+        return [], []
+    outside = [("external", manifest.label_key(r)) for r in readable]
     ref_keys = [("reference", against.label_key(r)) for r in reference]
-    shared_classes = {k[1] for k in ref_keys} & {k[1] for k in outside}
-    if not shared_classes:  # unlabelled, or other class names: all images as one group
-        ref_keys = [(k[0], "(all)") for k in ref_keys]
-        outside = [(k[0], "(all)") for k in outside]
-    chosen = pick(ref_keys)
-    theirs = _decode(against, reference, chosen, lambda i: done(len(readable) + i, total))
-    report.unreadable += [(f"reference {p}", m) for p, m in theirs.unreadable]
-    samples = _samples(readable, outside, decoded, pick(outside))
-    samples.update(_samples(reference, ref_keys, theirs, chosen))
+    if not {k[1] for k in ref_keys} & {k[1] for k in outside}:
+        outside = [("external", "(all)") for _ in outside]
+        ref_keys = [("reference", "(all)") for _ in ref_keys]
+    return outside, ref_keys
+
+
+def _shared(
+    readable: list[dict[str, str]],
+    decoded: _Decoded,
+    reference: list[dict[str, str]],
+    theirs: _Decoded,
+) -> list[tuple[str, str]]:
+    """(path, reference path) of the images pixel-identical to one of the reference's."""
     by_digest = {theirs.digests[id(r)]: r["path"] for r in reference if id(r) in theirs.digests}
-    report.shared_with_reference = [
+    return [
         (row["path"], by_digest[decoded.digests[id(row)]])
         for row in readable
         if decoded.digests.get(id(row)) in by_digest
     ]
-    return split_shifts(samples, reference="reference")
 
 
 def _samples(
