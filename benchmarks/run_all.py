@@ -22,6 +22,7 @@ from benchmarks import (
     bench_serving,
     bench_training_throughput,
     bench_transfer,
+    bench_typicality,
     bench_unseen_brats,
 )
 
@@ -37,6 +38,7 @@ if __name__ == "__main__":
         bench_predict,
         bench_parallel_read,
         bench_operating_point,  # re-scores the logits bench_protocol.py saved (run by hand)
+        bench_typicality,
     )
     # the training benchmarks last: classification quality is 3 seeds x 2 datasets x 10 minutes
     for module in (

@@ -7,8 +7,10 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from medlens.data.synthetic import write_chest_folder
 from medlens.inference.providers import bf16_available
@@ -100,6 +102,13 @@ def test_training_learned_and_wrote_everything(trained: tuple[Path, dict[str, ob
     shifts = metrics["shift"]
     assert isinstance(shifts, list) and shifts and not any(s["flagged"] for s in shifts)
     assert "Split shift" in html and "No split differs" in html
+    # the training images' summary: stored with the model, flagged shares in metrics.json
+    assert (run / "model" / meta["typicality"]["file"]).is_file()
+    typicality = metrics["typicality"]
+    assert (
+        isinstance(typicality, dict) and typicality["threshold"] == meta["typicality"]["threshold"]
+    )
+    assert 0 <= typicality["unlike_training"]["test"] <= 0.2 and "unlike the training" in html
 
 
 def test_evaluate_reuses_the_frozen_operating_point(
@@ -223,12 +232,20 @@ def test_predict_writes_probabilities_and_decisions(
     tally = sum(r["prediction"] == "nodule" for r in good)
     assert f"nodule {tally}" in out_text and "1 input(s) could not be read" in out_text
     as_json = tmp_path / "p.json"
-    assert (
-        run_cli("predict", str(run / "model"), str(phantoms / "normal"), "--out", str(as_json)).code
-        == 0
-    )  # type: ignore[attr-defined]
+    noise = tmp_path / "noise.png"  # nothing like a chest phantom
+    pixels = np.random.default_rng(0).integers(0, 255, (40, 40)).astype(np.uint8)
+    Image.fromarray(pixels).save(noise)
+    called = run_cli(
+        "predict", str(run / "model"), str(phantoms / "normal"), str(noise), "--out", str(as_json)
+    )
+    assert called.code == 0  # type: ignore[attr-defined]
     payload = json.loads(as_json.read_text())
     assert payload["model"]["classes"] == ["nodule", "normal"] and payload["predictions"]
+    *phantom_rows, noise_row = payload["predictions"]
+    assert noise_row["input"].endswith("noise.png") and noise_row["unlike_training"] is True
+    flagged = sum(r["unlike_training"] for r in phantom_rows)
+    assert flagged <= 0.1 * len(phantom_rows)  # the training images' own kind: typical
+    assert {"distance_from_training", "unlike_training"} <= set(good[0])  # the CSV has them too
 
 
 def test_export_onnx_reports_parity(
@@ -271,7 +288,7 @@ def test_int8_export_keeps_the_decisions(
     same = sum(a == b for a, b in zip(rows["fp32"], rows["int8"], strict=True))
     assert same >= 0.9 * len(rows["fp32"])
     # weights changed after quantization: the stale INT8 model is refused, not used
-    weights = next(model.glob("*.safetensors"))
+    weights = model / json.loads((model / "model.json").read_text())["members"][0]
     weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
     stale = run_cli("predict", str(model), str(phantoms / "nodule"), "--precision", "int8")
     assert stale.code == 2 and "other weights" in stale.err  # type: ignore[attr-defined]

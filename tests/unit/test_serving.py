@@ -20,6 +20,8 @@ from PIL import Image
 
 from medlens.data.fake_dicom import SeriesSpec, write_dicom_series
 from medlens.data.labels import LabelSpec
+from medlens.data.synthetic import chest_dataset
+from medlens.data.typicality import Typicality, features
 from medlens.errors import ConfigError
 from medlens.inference import load_artifact, save_artifact
 from medlens.inference.batching import DynamicBatcher, QueueFullError
@@ -29,25 +31,38 @@ from medlens.serving import uploads
 from medlens.serving.app import create_app
 from medlens.serving.settings import ServeSettings, load_tokens, token_id
 from medlens.serving.uploads import Limits
+from medlens.transforms.base import Pipeline
 
 TOKEN = "test-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
+def phantom_typicality(preprocessing: list[dict[str, object]]) -> Typicality:
+    """The summary of 'training images' that are 32 px chest phantoms."""
+    pipeline = Pipeline.from_spec(preprocessing)
+    images = chest_dataset(200, size=32, seed=1).images.reshape(200, 1, 32, 32)
+    arrays = np.stack([pipeline(MedicalImage(a.astype(np.float32))).array for a in images])
+    rows = features(arrays)
+    return Typicality.fit(rows[:160], rows[160:])
+
+
 def make_artifact(folder: Path, dims: int = 2) -> Path:
+    """2D: with the training images' summary (phantoms); 3D: without, as older artifacts."""
     torch.manual_seed(0)
     size = [24, 24] if dims == 2 else [12, 12, 12]
     model = create_model("compactnet", dims, 1, 2, widths=(4, 8, 8, 8))
+    preprocessing: list[dict[str, object]] = [{"name": "zscore"}, {"name": "resize", "shape": size}]
     return save_artifact(
         folder,
         [model],
         labels=LabelSpec("binary", ["normal", "nodule"], ["0", "1"]),
-        preprocessing=[{"name": "zscore"}, {"name": "resize", "shape": size}],
+        preprocessing=preprocessing,
         plan={"input_size": size},
         operating_point={"temperature": 1.3, "threshold": 0.5, "method": "youden"},
         metrics={"test": {"auc": 0.9}},
         data_hash="test",
         name=f"chest{dims}d",
+        typicality=phantom_typicality(preprocessing) if dims == 2 else None,
     )
 
 
@@ -146,6 +161,16 @@ def test_predict_matches_the_artifact(client: TestClient, models: tuple[Path, Pa
     assert body["threshold"] == 0.5 and body["temperature"] == 1.3
     assert body["probability"] == body["calibrated_probabilities"][body["prediction"]]
     assert set(body["timing_ms"]) == {"read", "total"} and body["input_sha256"]
+    # noise is unlike the chest phantoms the summary was made of; another phantom is not
+    assert body["unlike_training"] is True
+    phantom = chest_dataset(1, size=32, seed=9).images.reshape(32, 32)
+    buffer = io.BytesIO()
+    Image.fromarray((255 * (phantom - phantom.min()) / np.ptp(phantom)).astype(np.uint8)).save(
+        buffer, format="PNG"
+    )
+    like = post(client, buffer.getvalue()).json()  # type: ignore[attr-defined]
+    assert like["unlike_training"] is False
+    assert like["distance_from_training"] < body["distance_from_training"]
 
 
 def test_explain_returns_heatmap_overlay_and_faithfulness(client: TestClient) -> None:
@@ -182,6 +207,7 @@ def test_3d_dicom_zip_and_nifti(client: TestClient, tmp_path: Path) -> None:
             archive.write(f, f"study/series/{k}.dcm")
     body = post(client, buffer.getvalue(), "series.zip", model="chest3d").json()  # type: ignore[attr-defined]
     assert body["prediction"] in ("normal", "nodule"), body
+    assert "unlike_training" not in body  # an artifact without the training images' summary
     nifti = write_image(MedicalImage(volume[None].astype(np.float32)), tmp_path / "v.nii.gz")
     response = client.post(
         "/v1/models/chest3d/explain", headers=AUTH, files={"file": ("v.nii.gz", nifti.read_bytes())}

@@ -4,6 +4,7 @@
       model.json          architecture, labels, preprocessing, operating point, metrics, versions
       weights.safetensors  (or member0.safetensors ... for an ensemble)
       plan.json           the training plan
+      typicality.safetensors  the training images' summary behind ``unlike_training``
 
 Loading never unpickles; a newer format version or a mismatched weight file is refused with a fix.
 """
@@ -25,6 +26,9 @@ from numpy.typing import NDArray
 import medlens
 from medlens._fs import atomic_write_text
 from medlens.data.labels import LabelSpec
+from medlens.data.typicality import FILE as TYPICALITY_FILE
+from medlens.data.typicality import QUANTILE as TYPICALITY_QUANTILE
+from medlens.data.typicality import Typicality
 from medlens.errors import ArtifactError, ConfigError, DataError
 from medlens.io import MedicalImage
 from medlens.models import MedlensModel, list_models, model_from_spec
@@ -61,8 +65,10 @@ def save_artifact(
     metrics: dict[str, Any],
     data_hash: str,
     name: str | None = None,
+    typicality: Typicality | None = None,
 ) -> Path:
-    """Write an artifact; ``members`` > 1 makes an ensemble whose probabilities are averaged."""
+    """Write an artifact; ``members`` > 1 makes an ensemble whose probabilities are averaged.
+    ``typicality`` (the training images' summary) lets predictions say ``unlike_training``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     files = (
@@ -73,6 +79,8 @@ def save_artifact(
     for model, file in zip(members, files, strict=True):
         save_weights(folder / file, model.state_dict(), {"format": FORMAT})
     atomic_write_text(folder / "plan.json", json.dumps(plan, indent=2) + "\n")
+    if typicality is not None:
+        typicality.save(folder / TYPICALITY_FILE)
     first = members[0]
     meta = {
         "format": FORMAT,
@@ -90,6 +98,12 @@ def save_artifact(
         "data_hash": data_hash,
         "versions": library_versions(),
     }
+    if typicality is not None:
+        meta["typicality"] = {
+            "file": TYPICALITY_FILE,
+            "threshold": round(typicality.threshold, 4),
+            "quantile": TYPICALITY_QUANTILE,
+        }
     atomic_write_text(folder / "model.json", json.dumps(meta, indent=2) + "\n")
     return folder
 
@@ -109,6 +123,7 @@ class Artifact:
     pipeline: Pipeline
     _members: list[MedlensModel] | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    _typicality: Typicality | None = field(default=None, repr=False)
 
     @property
     def members(self) -> list[MedlensModel]:
@@ -116,6 +131,17 @@ class Artifact:
             if self._members is None:
                 self._members = _load_members(self.folder, self.meta)
             return self._members
+
+    @property
+    def typicality(self) -> Typicality | None:
+        """The training images' summary, if training stored one (artifacts before it did not)."""
+        entry = self.meta.get("typicality")
+        if entry is None:
+            return None
+        with self._lock:
+            if self._typicality is None:
+                self._typicality = Typicality.load(self.folder / str(entry["file"]))
+            return self._typicality
 
     @property
     def spatial_dims(self) -> int:

@@ -85,13 +85,15 @@ def predict_items(
     progress: Callable[[int, int], None] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """One result row per item, in order; an unreadable item gets an ``error`` instead of
-    stopping the run. Batches run through ``engine`` (the service's ONNX Runtime engine) or the
+    stopping the run. Rows say how far each image is from the training images
+    (``distance_from_training``, ``unlike_training``: :mod:`medlens.data.typicality`). Batches run through ``engine`` (the service's ONNX Runtime engine) or the
     artifact's torch models.
 
     ``workers`` (default: one per core) read ahead while a batch runs: forked processes where
     reading and preprocessing an item is slow (a compressed radiograph: ~0.15 s, mostly a
     decoder holding the GIL), threads for small files; ``workers=1`` reads here.
     """
+    typicality = artifact.typicality  # artifacts trained before it have none
     ahead = math.ceil(batch_size / (workers or default_workers())) + 1
     # small files in threads: their reads and zlib release the GIL, and no fork is paid
     loading = timed_map(
@@ -111,11 +113,18 @@ def predict_items(
                 batch = np.stack([arrays[j] for j in good])
                 logits = engine.logits(batch) if engine else artifact.logits(batch, device=device)
                 probs = artifact.probabilities(logits)
-                for j, p, decision in zip(good, probs, artifact.decide(probs), strict=True):
-                    rows[j] = {"input": chunk[j].name, "prediction": decision} | {
-                        f"p_{c}": round(float(v), 6)
-                        for c, v in zip(artifact.labels.classes, p, strict=True)
-                    }
+                typical = typicality.describe(batch) if typicality else [{}] * len(good)
+                for j, p, decision, seen in zip(
+                    good, probs, artifact.decide(probs), typical, strict=True
+                ):
+                    rows[j] = (
+                        {"input": chunk[j].name, "prediction": decision}
+                        | {
+                            f"p_{c}": round(float(v), 6)
+                            for c, v in zip(artifact.labels.classes, p, strict=True)
+                        }
+                        | seen
+                    )
             if progress is not None:
                 progress(start + len(chunk), len(items))
             yield from rows

@@ -208,14 +208,16 @@ def create_app(settings: ServeSettings, services: list[ModelService] | None = No
 
     def decode(
         service: ModelService, received: tuple[bytes, str] | str
-    ) -> tuple[MedicalImage, MedicalImage, str | None]:
-        """Read and preprocess in one worker-thread hop: the image, the model's grid and the
-        digest of a referenced file."""
+    ) -> tuple[MedicalImage, MedicalImage, str | None, dict[str, Any]]:
+        """Read and preprocess in one worker-thread hop: the image, the model's grid, the
+        digest of a referenced file and how far the grid is from the training images."""
+        digest = None
         if isinstance(received, str):
             image, digest = read_reference(received, allowed, settings.limits)
-            return image, service.artifact.prepared(image), digest
-        image = read_upload(*received, settings.limits)
-        return image, service.artifact.prepared(image), None
+        else:
+            image = read_upload(*received, settings.limits)
+        grid = service.artifact.prepared(image)
+        return image, grid, digest, service.typical(grid)
 
     async def handle(
         route: str,
@@ -231,10 +233,10 @@ def create_app(settings: ServeSettings, services: list[ModelService] | None = No
             received = await receive(request)
             if not isinstance(received, str):
                 digest = hashlib.sha256(received[0]).hexdigest()
-            image, grid, found = await run_in_threadpool(decode, service, received)
+            image, grid, found, typical = await run_in_threadpool(decode, service, received)
             digest = digest or found
             read_ms = 1000 * (time.perf_counter() - started)
-            body = await work_fn(service, image, grid)
+            body = await work_fn(service, image, grid) | typical
             outcome = str(body.get("prediction", "ok"))
             body["input_sha256"] = digest
             body["timing_ms"] = {

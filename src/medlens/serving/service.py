@@ -98,10 +98,17 @@ class ModelService:
             "task": self.artifact.labels.task,
             "classes": self.artifact.labels.classes,
             "threshold": self.artifact.threshold,
+            "typicality_threshold": (meta.get("typicality") or {}).get("threshold"),
             "metrics": meta.get("metrics", {}),
             "backend": self.engine.backend_used,
             "provider": self.engine.provider,
         }
+
+    def typical(self, grid: MedicalImage) -> dict[str, Any]:
+        """``distance_from_training`` and ``unlike_training`` of a preprocessed image (nothing
+        for an artifact trained before medlens stored the training images' summary)."""
+        typicality = self.artifact.typicality
+        return typicality.describe(grid.array[None])[0] if typicality else {}
 
     def submit(self, grid: MedicalImage) -> Future[NDArray[np.float32]]:
         """Queue one preprocessed image; raises QueueFullError when the queue is at its limit."""

@@ -14,6 +14,7 @@ from medlens.data.labels import LabelSpec
 from medlens.data.manifest import Manifest
 from medlens.data.shift import SplitShift, shifts_of
 from medlens.data.splits import assert_no_leakage
+from medlens.data.typicality import MAX_IMAGES, Typicality, features
 from medlens.errors import DataError
 from medlens.io import MedicalImage
 from medlens.transforms.base import Pipeline
@@ -38,6 +39,27 @@ class PreparedData:
 
     def images(self, indices: NDArray[np.int64]) -> NDArray[np.float32]:
         return np.ascontiguousarray(self.cached.images[np.sort(indices)])
+
+    def typicality(self, seed: int = 0) -> Typicality:
+        """The training images' summary for ``unlike_training`` (:mod:`medlens.data.typicality`),
+        its threshold chosen on validation; up to 2,000 images of each, drawn reproducibly."""
+        rng = np.random.default_rng(seed)
+
+        def sample(split: str) -> NDArray[np.float64]:
+            index = self.indices(split)
+            index = np.sort(rng.choice(index, min(len(index), MAX_IMAGES), replace=False))
+            return features(self.images(index)) if len(index) else np.empty((0, 0))
+
+        return Typicality.fit(sample("train"), sample("val"))
+
+    def unlike_training(self, typicality: Typicality, split: str) -> float | None:
+        """Share of ``split``'s images (up to 2,000) that ``typicality`` scores as unlike the
+        training images; None for an empty split."""
+        index = self.indices(split)[:MAX_IMAGES]
+        if not len(index):
+            return None
+        scores = typicality.scores(features(self.images(index)))
+        return round(float((scores > typicality.threshold).mean()), 4)
 
     def shifts(self) -> list[SplitShift]:
         """Validation and test images told apart from training's, class by class

@@ -21,6 +21,7 @@ from medlens._fs import atomic_write_text
 from medlens.data.labels import LabelSpec, check_split_classes, infer_labels
 from medlens.data.manifest import Manifest
 from medlens.data.splits import kfold, patient_split
+from medlens.data.typicality import Typicality
 from medlens.errors import ConfigError
 from medlens.evaluation import Case, SplitScores, evaluate_scores, write_report
 from medlens.evaluation.evaluate import HEADLINE, decisions_for
@@ -306,6 +307,7 @@ def _save_outputs(
     *,
     title: str,
     how: str,
+    typicality: Typicality,
 ) -> Path:
     """metrics.json, the model artifact and report.html."""
     plan = ctx.plan
@@ -326,6 +328,7 @@ def _save_outputs(
         metrics={"test": headline, "ci": metrics["test"]["ci"], "n_test": metrics["test"]["n"]},
         data_hash=data.data_hash,
         name=model_name(ctx.run_dir),
+        typicality=typicality,
     )
     write_report(
         ctx.run_dir / "report.html",
@@ -335,10 +338,23 @@ def _save_outputs(
         cases=gallery(data, test, ctx.labels, metrics, [r.model for r in results]),
         notes=[
             f"split: {how}; training stopped: {', '.join(r.stopped for r in results)}",
+            _typicality_note(metrics["typicality"]),
             *plan.notes,
         ],
     )
     return model_dir
+
+
+def _typicality_note(found: dict[str, Any]) -> str:
+    shares = ", ".join(
+        f"{split} {100 * share:.1f} %"
+        for split, share in found["unlike_training"].items()
+        if share is not None
+    )
+    return (
+        f"images scored unlike the training images (above the 99th percentile of validation's "
+        f"distance from them; predictions flag such inputs as unlike_training): {shares}"
+    )
 
 
 def train_run(
@@ -445,6 +461,13 @@ def train_run(
         "split": how,
     }
     metrics["shift"] = [shift.to_dict() for shift in data.shifts()]
+    typicality = data.typicality(seed=plan.seed)
+    metrics["typicality"] = {
+        "threshold": round(typicality.threshold, 4),
+        "unlike_training": {s: data.unlike_training(typicality, s) for s in ("val", "test")},
+    }
     title = title or f"medlens: {plan.model} on {manifest.root.name or 'data'}"
-    model_dir = _save_outputs(ctx, data, results, test, metrics, title=title, how=how)
+    model_dir = _save_outputs(
+        ctx, data, results, test, metrics, title=title, how=how, typicality=typicality
+    )
     return RunResult(run_dir, model_dir, plan, metrics, results, val, test)

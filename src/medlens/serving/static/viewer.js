@@ -97,6 +97,13 @@ function show(body) {
   $("probability").textContent = body.probability.toFixed(3);
   $("threshold").textContent = typeof body.threshold === "number"
     ? `${body.threshold.toFixed(3)}: ${body.decision_rule}` : "highest probability";
+  const typical = $("typicality");
+  typical.className = body.unlike_training ? "error small" : "muted small";
+  typical.textContent = body.distance_from_training === undefined ? ""
+    : body.unlike_training
+      ? `Unlike the training images (distance ${body.distance_from_training.toFixed(2)}): ` +
+        "the model may not apply to this image."
+      : `Distance from the training images ${body.distance_from_training.toFixed(2)} (typical: about 1)`;
   $("probabilities").innerHTML = Object.entries(body.calibrated_probabilities)
     .map(([c, v]) => `<tr><td>${escapeHtml(c)}</td><td>${v.toFixed(4)}</td></tr>`).join("");
   const f = body.explanation.faithfulness;
