@@ -82,18 +82,34 @@ def thumbnail(image: MedicalImage) -> Thumbnail:
     does; the colour values (each channel's mean less the grey mean, in grey SDs; zero for grey
     images) keep a stain or colour-cast difference visible.
     """
-    array = image.array
+    side = THUMBNAIL_SIDE[image.spatial_dims]
+    array = _block_mean(image.array, min(image.spatial_shape) // (2 * side))
     colour = np.zeros(3, dtype=np.float32)
     grey = array
     if array.shape[0] > 1:
         grey = array.mean(axis=0, keepdims=True, dtype=np.float32)
         means = array.reshape(array.shape[0], -1).mean(axis=1, dtype=np.float64)[:3]
         colour[: len(means)] = (means - grey.mean()) / (float(grey.std()) or 1.0)
-    side = THUMBNAIL_SIDE[image.spatial_dims]
     grid = (side,) * image.spatial_dims
-    small = Resize(grid)(image.with_array(grey)).array.astype(np.float32).ravel()
+    small = Resize(grid)(MedicalImage(grey)).array.astype(np.float32).ravel()
     small = (small - small.mean()) / (float(small.std()) or 1.0)
     return np.concatenate([small, colour]).astype(np.float32)
+
+
+def _block_mean(array: NDArray[Any], factor: int) -> NDArray[Any]:
+    """``array`` (C, *spatial) averaged over blocks of ``factor`` voxels a side (the edge
+    voxels beyond a whole block dropped): a cheap first reduction of a large image before the
+    anti-aliased resize (a 224^2 RGB input: 2.9 ms for the thumbnail without it)."""
+    if factor < 2:
+        return array
+    spatial = array.shape[1:]
+    cropped = array[(slice(None), *(slice(0, n - n % factor) for n in spatial))]
+    blocks = [array.shape[0]]
+    for n in cropped.shape[1:]:
+        blocks += [n // factor, factor]
+    axes = tuple(range(2, 2 * len(spatial) + 1, 2))
+    reduced: NDArray[Any] = cropped.reshape(blocks).mean(axis=axes, dtype=np.float32)
+    return reduced
 
 
 def pick(keys: Sequence[tuple[str, str]], seed: int = 0) -> set[int]:

@@ -86,8 +86,8 @@ def predict_items(
 ) -> Iterator[dict[str, Any]]:
     """One result row per item, in order; an unreadable item gets an ``error`` instead of
     stopping the run. Rows say how far each image is from the training images
-    (``distance_from_training``, ``unlike_training``: :mod:`medlens.data.typicality`). Batches run through ``engine`` (the service's ONNX Runtime engine) or the
-    artifact's torch models.
+    (``distance_from_training``, ``unlike_training``: :mod:`medlens.data.typicality`). Batches
+    run through ``engine`` (the service's ONNX Runtime engine) or the artifact's torch models.
 
     ``workers`` (default: one per core) read ahead while a batch runs: forked processes where
     reading and preprocessing an item is slow (a compressed radiograph: ~0.15 s, mostly a

@@ -45,6 +45,7 @@ class ModelService:
 
     def __init__(self, folder: Path, settings: ServeSettings, name: str | None = None):
         self.artifact: Artifact = load_artifact(folder)
+        _ = self.artifact.typicality  # a broken summary file fails at start-up, not per request
         self.name = name or str(self.artifact.meta["name"])
         self.version = str(self.artifact.meta["version"])
         self.engine = Engine(
