@@ -199,6 +199,9 @@ def test_evaluating_an_external_set_compares_it_with_the_training_images(
         (label, site[label], train[label]) for label in sorted(train)
     ]
     assert not any(s["flagged"] for s in found["shift"])
+    # and how many of its images are unlike the training images: few, as they are alike
+    assert 0 <= found["typicality"]["unlike_training"]["test"] <= 0.2
+    assert "Images unlike the training images" in (tmp_path / "ev/report.html").read_text()
 
 
 def test_predict_writes_probabilities_and_decisions(

@@ -115,4 +115,9 @@ def evaluate_artifact(
         val, test, artifact.labels, operating_point=op, sensitivity=sensitivity, resamples=resamples
     )
     metrics["shift"] = [shift.to_dict() for shift in data.shifts()]  # with training rows only
+    if artifact.typicality is not None:
+        metrics["typicality"] = {
+            "threshold": round(artifact.typicality.threshold, 4),
+            "unlike_training": {split: data.unlike_training(artifact.typicality, split)},
+        }
     return metrics, data, test

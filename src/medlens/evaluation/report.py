@@ -169,6 +169,23 @@ def _table(metrics: dict[str, Any]) -> str:
     )
 
 
+def _typicality(metrics: dict[str, Any]) -> str:
+    """The share of each split's images unlike the training images (medlens.data.typicality)."""
+    found = metrics.get("typicality")
+    if not found:
+        return ""
+    shares = ", ".join(
+        f"{html.escape(split)} {100 * share:.1f} %"
+        for split, share in found["unlike_training"].items()
+        if share is not None
+    )
+    return (
+        f"<p class='note'>Images unlike the training images (distance from them above the 99th "
+        f"percentile of validation's, {found['threshold']:.2f}; predictions flag such inputs "
+        f"as <code>unlike_training</code>): {shares}.</p>"
+    )
+
+
 def _shift(metrics: dict[str, Any]) -> str:
     """The split-shift table (medlens.data.shift) and what a flagged row means."""
     shifts = metrics.get("shift") or []
@@ -226,6 +243,7 @@ test n = {metrics["test"]["n"]}. Operating point chosen on validation ({metrics[
 and applied unchanged to test; probabilities calibrated by temperature scaling fitted on validation.</p>
 {_table(metrics)}
 {"".join(f'<p class="note">{html.escape(n)}</p>' for n in notes)}
+{_typicality(metrics)}
 {_shift(metrics)}
 <h2>ROC and precision-recall</h2>{_curves(metrics)}
 <h2>Confusion matrix and calibration</h2>{_confusion_and_calibration(metrics)}

@@ -338,23 +338,10 @@ def _save_outputs(
         cases=gallery(data, test, ctx.labels, metrics, [r.model for r in results]),
         notes=[
             f"split: {how}; training stopped: {', '.join(r.stopped for r in results)}",
-            _typicality_note(metrics["typicality"]),
             *plan.notes,
         ],
     )
     return model_dir
-
-
-def _typicality_note(found: dict[str, Any]) -> str:
-    shares = ", ".join(
-        f"{split} {100 * share:.1f} %"
-        for split, share in found["unlike_training"].items()
-        if share is not None
-    )
-    return (
-        f"images scored unlike the training images (above the 99th percentile of validation's "
-        f"distance from them; predictions flag such inputs as unlike_training): {shares}"
-    )
 
 
 def train_run(
