@@ -74,6 +74,7 @@ def run_one(dataset: str, seed: int, budget: float, work: Path) -> dict[str, Any
         "val_auc": m["val"]["auc"],
         "val": {k: m["val"][k] for k in ("sensitivity", "specificity") if k in m["val"]},
         "shift": m["shift"],  # val/test images told apart from training's, per class
+        "typicality": m["typicality"],  # shares of val/test unlike the training images
         "threshold": m["threshold"],
         "temperature": m["temperature"],
         "plan": {

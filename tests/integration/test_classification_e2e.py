@@ -202,6 +202,20 @@ def test_evaluating_an_external_set_compares_it_with_the_training_images(
     # and how many of its images are unlike the training images: few, as they are alike
     assert 0 <= found["typicality"]["unlike_training"]["test"] <= 0.2
     assert "Images unlike the training images" in (tmp_path / "ev/report.html").read_text()
+    # a site whose images are noise: most are flagged, and evaluate says so
+    noisy = tmp_path / "site3"
+    rng = np.random.default_rng(0)
+    for label in train:
+        (noisy / label).mkdir(parents=True)
+        for i in range(12):
+            pixels = rng.integers(0, 255, (40, 40)).astype(np.uint8)
+            Image.fromarray(pixels).save(noisy / label / f"n{i}.png")
+    result = run_cli("evaluate", str(run / "model"), str(noisy), "--out", str(tmp_path / "ev3"))
+    assert result.code == 0, result.err  # type: ignore[attr-defined]
+    shares = json.loads((tmp_path / "ev3/metrics.json").read_text())["typicality"]
+    assert shares["unlike_training"]["test"] == 1.0
+    out = " ".join(result.out.split())  # type: ignore[attr-defined]
+    assert "100 % of the test images are unlike the training images" in out
 
 
 def test_predict_writes_probabilities_and_decisions(

@@ -218,13 +218,26 @@ def headline_table(metrics: dict[str, Any], title: str) -> Table:
     return table
 
 
+#: a split with this share of images unlike the training images gets a warning (the threshold
+#: lets about 1 % of validation's through)
+UNLIKE_WARNING = 0.05
+
+
 def print_shift_warnings(metrics: dict[str, Any]) -> None:
-    """One line for each split whose images a classifier tells apart from training's."""
+    """One line for each split whose images a classifier tells apart from training's, and for
+    each split with many images unlike the training images."""
     from medlens.data.shift import SplitShift
 
     for found in metrics.get("shift", []):
         if found["flagged"]:
             console.print(f"[yellow]warning:[/] {SplitShift.from_dict(found).describe()}")
+    shares = (metrics.get("typicality") or {}).get("unlike_training", {})
+    for split, share in shares.items():
+        if share is not None and share >= UNLIKE_WARNING:
+            console.print(
+                f"[yellow]warning:[/] {100 * share:.0f} % of the {split} images are unlike the "
+                "training images (about 1 % of validation's are): the model may not apply to them"
+            )
 
 
 def train_command(
