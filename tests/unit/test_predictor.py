@@ -11,12 +11,14 @@ import torch
 import medlens._parallel as parallel_module
 from medlens.data.fake_dicom import SeriesSpec, write_dicom_series
 from medlens.data.labels import LabelSpec
+from medlens.data.typicality import Typicality, features
 from medlens.errors import ArtifactError, DataError
 from medlens.inference import load_artifact, save_artifact
 from medlens.inference.engine import Engine
 from medlens.inference.predictor import expand_inputs, predict_items, write_predictions
 from medlens.io import MedicalImage, write_image
 from medlens.models import create_model
+from medlens.models.forward import batched_embeddings
 
 
 @pytest.fixture
@@ -89,6 +91,47 @@ def test_a_cached_onnx_export_runs_without_building_the_torch_models(
     assert artifact._members is None  # no torch model (nor MONAI) was built
     np.testing.assert_allclose(engine.torch_logits(x), expected, rtol=1e-4, atol=1e-5)
     assert artifact._members is not None  # built when torch is asked for
+
+
+def test_the_engine_gives_the_embedding_of_the_centred_view_beside_the_logits(
+    tmp_path: Path,
+) -> None:
+    """An artifact whose ``unlike_training`` measures the model's features: ONNX Runtime (one
+    pass, 27 shifted views, Conv3d unrolled) gives the logits and embedding torch gives, and
+    predictions carry the same distances either way."""
+    torch.manual_seed(0)
+    model = create_model("compactnet", 3, 1, 2, widths=(4, 4, 8, 8), stem_stride=2)
+    volumes = np.random.default_rng(1).normal(size=(60, 1, 12, 12, 12)).astype(np.float32)
+    embedded = batched_embeddings([model], volumes)
+    summary = Typicality.fit(
+        features(volumes[:40]), features(volumes[40:]), embedded[:40], embedded[40:]
+    )
+    folder = save_artifact(
+        tmp_path / "model",
+        [model],
+        labels=LabelSpec("binary", ["normal", "lesion"], ["0", "1"]),
+        preprocessing=[{"name": "resize", "shape": [12, 12, 12]}],
+        plan={"input_size": [12, 12, 12]},
+        operating_point={"temperature": 1.0, "threshold": 0.5, "tta_shift": 1},
+        metrics={},
+        data_hash="test",
+        typicality=summary,
+    )
+    artifact = load_artifact(folder)
+    x = volumes[:5]
+    logits, embedding = Engine(artifact, backend="onnx", cache_dir=tmp_path).outputs(x)
+    assert artifact.embeds and embedding is not None and embedding.shape == (5, 8)
+    np.testing.assert_allclose(logits, artifact.logits(x), atol=1e-4)
+    np.testing.assert_allclose(embedding, artifact.embeddings(x), rtol=1e-4, atol=1e-5)
+    items = expand_inputs(
+        [write_image(MedicalImage(v), tmp_path / f"v{k}.nii.gz") for k, v in enumerate(x)]
+    )
+    engine = Engine(artifact, backend="onnx", cache_dir=tmp_path)
+    served = list(predict_items(artifact, items, engine=engine, workers=1))
+    local = list(predict_items(artifact, items, workers=1))
+    for a, b in zip(served, local, strict=True):
+        assert a["distance_from_training"] == pytest.approx(b["distance_from_training"], abs=2e-3)
+        assert a["unlike_training"] == b["unlike_training"]
 
 
 def test_an_unknown_architecture_is_refused_at_load(model_3d: Path, tmp_path: Path) -> None:

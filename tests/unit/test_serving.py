@@ -26,7 +26,8 @@ from medlens.errors import ConfigError
 from medlens.inference import load_artifact, save_artifact
 from medlens.inference.batching import DynamicBatcher, QueueFullError
 from medlens.io import MedicalImage, write_image
-from medlens.models import create_model
+from medlens.models import MedlensModel, create_model
+from medlens.models.forward import batched_embeddings
 from medlens.serving import uploads
 from medlens.serving.app import create_app
 from medlens.serving.settings import ServeSettings, load_tokens, token_id
@@ -37,13 +38,13 @@ TOKEN = "test-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-def phantom_typicality(preprocessing: list[dict[str, object]]) -> Typicality:
-    """The summary of 'training images' that are 32 px chest phantoms."""
+def phantom_typicality(preprocessing: list[dict[str, object]], model: MedlensModel) -> Typicality:
+    """The summary of 'training images' that are 32 px chest phantoms, pixels and embedding."""
     pipeline = Pipeline.from_spec(preprocessing)
     images = chest_dataset(200, size=32, seed=1).images.reshape(200, 1, 32, 32)
     arrays = np.stack([pipeline(MedicalImage(a.astype(np.float32))).array for a in images])
-    rows = features(arrays)
-    return Typicality.fit(rows[:160], rows[160:])
+    rows, embedded = features(arrays), batched_embeddings([model], arrays)
+    return Typicality.fit(rows[:160], rows[160:], embedded[:160], embedded[160:])
 
 
 def make_artifact(folder: Path, dims: int = 2) -> Path:
@@ -62,7 +63,7 @@ def make_artifact(folder: Path, dims: int = 2) -> Path:
         metrics={"test": {"auc": 0.9}},
         data_hash="test",
         name=f"chest{dims}d",
-        typicality=phantom_typicality(preprocessing) if dims == 2 else None,
+        typicality=phantom_typicality(preprocessing, model) if dims == 2 else None,
     )
 
 
@@ -171,6 +172,13 @@ def test_predict_matches_the_artifact(client: TestClient, models: tuple[Path, Pa
     like = post(client, buffer.getvalue()).json()  # type: ignore[attr-defined]
     assert like["unlike_training"] is False
     assert like["distance_from_training"] < body["distance_from_training"]
+    # the service's distance (pixels in the decode step, the embedding from the ONNX graph's
+    # second output) is the one the torch models give
+    assert artifact.embeds and artifact.typicality is not None
+    torch_side = artifact.typicality.describe(batch, artifact.embeddings(batch))[0]
+    assert body["distance_from_training"] == pytest.approx(
+        torch_side["distance_from_training"], abs=2e-3
+    )
 
 
 def test_explain_returns_heatmap_overlay_and_faithfulness(client: TestClient) -> None:

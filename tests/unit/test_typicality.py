@@ -6,14 +6,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from safetensors.numpy import save_file
 
 from medlens.data.synthetic import chest_dataset, ct_phantom
-from medlens.data.typicality import Typicality, features
+from medlens.data.typicality import Summary, Typicality, features
 from medlens.errors import ArtifactError
 
 
 def _chest(n: int, seed: int) -> np.ndarray:
     return chest_dataset(n, size=32, seed=seed).images.reshape(n, 1, 32, 32).astype(np.float32)
+
+
+def _embedding(n: int, seed: int, kind: int = 0) -> np.ndarray:
+    """Stand-in pooled features: 64 non-negative values driven by 8 factors; another ``kind``
+    of input drives them through 32 factors and other weights."""
+    factors = 8 if kind == 0 else 32
+    rng = np.random.default_rng(seed)
+    mixing = np.random.default_rng(99 + kind).normal(size=(factors, 64))
+    return np.abs(rng.normal(size=(n, factors)) @ mixing)
 
 
 @pytest.fixture(scope="module")
@@ -24,32 +34,81 @@ def fitted() -> Typicality:
 def test_new_images_of_the_training_kind_pass_and_other_kinds_are_flagged(
     fitted: Typicality,
 ) -> None:
-    unseen = fitted.scores(features(_chest(100, seed=2)))
+    unseen = fitted.distances(_chest(100, seed=2))
     assert (unseen > fitted.threshold).mean() <= 0.05  # the 99th percentile of validation
     assert 0.5 < float(np.median(unseen)) < 2  # about 1 for a typical image
     ct = ct_phantom(0, size=32)
     slices = np.stack([ct.image[0, k] for k in range(8, 24, 2)])[:, None].astype(np.float32)
     noise = np.random.default_rng(0).random((10, 1, 32, 32)).astype(np.float32)
     for other in (slices, noise):
-        assert (fitted.scores(features(other)) > fitted.threshold).all()
+        assert (fitted.distances(other) > fitted.threshold).all()
     rows = fitted.describe(noise[:2])
     assert rows[0]["unlike_training"] is True and rows[0]["distance_from_training"] > 2
+
+
+def test_the_embedding_flags_what_the_pixels_pass_and_keeps_one_percent_of_validation() -> None:
+    val = _chest(200, seed=1)
+    found = Typicality.fit(
+        features(_chest(240, seed=0)), features(val), _embedding(240, 0), _embedding(200, 1)
+    )
+    assert found.embedding is not None
+    # by construction: the larger of the two scaled distances, cut at validation's 99th percentile
+    assert (found.distances(val, _embedding(200, 1)) > found.threshold).mean() <= 0.011
+    images = _chest(50, seed=2)
+    typical = found.distances(images, _embedding(50, 2))
+    assert (typical > found.threshold).mean() <= 0.06 and 0.5 < float(np.median(typical)) < 2
+    pixels_only = found.distances(images)  # a caller without the model's features
+    odd = found.distances(images, _embedding(50, 2, kind=1))  # same pixels, other features
+    assert (pixels_only <= found.threshold).mean() >= 0.94 and (odd > found.threshold).all()
+    assert all(row["unlike_training"] for row in found.describe(images, _embedding(50, 2, kind=1)))
 
 
 def test_it_round_trips_through_safetensors_and_a_broken_file_is_refused(
     fitted: Typicality, tmp_path: Path
 ) -> None:
-    path = fitted.save(tmp_path / "typicality.safetensors")
-    again = Typicality.load(path)
-    rows = features(_chest(5, seed=3))
-    np.testing.assert_allclose(again.scores(rows), fitted.scores(rows))
-    assert again.threshold == fitted.threshold
+    with_embedding = Typicality.fit(
+        features(_chest(120, seed=0)),
+        features(_chest(40, seed=1)),
+        _embedding(120, 0),
+        _embedding(40, 1),
+    )
+    rows, embedding = _chest(5, seed=3), _embedding(5, 3)
+    for original in (fitted, with_embedding):
+        path = original.save(tmp_path / "typicality.safetensors")
+        again = Typicality.load(path)
+        np.testing.assert_allclose(
+            again.distances(rows, embedding), original.distances(rows, embedding)
+        )
+        assert again.threshold == original.threshold and again.scales == original.scales
     path.write_bytes(path.read_bytes()[:40])
     with pytest.raises(ArtifactError, match="typicality"):
         Typicality.load(path)
 
 
+def test_a_summary_in_the_first_format_still_loads(fitted: Typicality, tmp_path: Path) -> None:
+    """Artifacts trained before the embedding stored the pixel view alone, thresholded raw."""
+    pixels = fitted.pixels
+    old = tmp_path / "old.safetensors"
+    raw_threshold = fitted.threshold * fitted.scales[0]
+    save_file(
+        {
+            "mean": pixels.mean,
+            "components": np.ascontiguousarray(pixels.components),
+            "variances": pixels.variances,
+            "scalars": np.asarray([pixels.residual, raw_threshold]),
+        },
+        str(old),
+    )
+    loaded = Typicality.load(old)
+    rows = _chest(8, seed=4)
+    assert loaded.embedding is None and loaded.threshold == pytest.approx(raw_threshold)
+    np.testing.assert_allclose(
+        loaded.distances(rows, _embedding(8, 4)), pixels.scores(features(rows))
+    )
+
+
 def test_without_enough_validation_images_a_fifth_of_training_sets_the_threshold() -> None:
     train = features(_chest(60, seed=0))
-    found = Typicality.fit(train, np.empty((0, 0)))
-    assert np.isfinite(found.threshold) and found.components.shape[0] <= 47
+    found = Typicality.fit(train, np.empty((0, 0)), _embedding(60, 0), np.empty((0, 0)))
+    assert np.isfinite(found.threshold) and found.pixels.components.shape[0] <= 47
+    assert isinstance(found.embedding, Summary) and found.embedding.mean.shape == (64,)

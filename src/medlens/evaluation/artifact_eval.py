@@ -116,8 +116,12 @@ def evaluate_artifact(
     )
     metrics["shift"] = [shift.to_dict() for shift in data.shifts()]  # with training rows only
     if artifact.typicality is not None:
+
+        def embed(images: np.ndarray) -> np.ndarray | None:
+            return artifact.embeddings(images, device=device)
+
         metrics["typicality"] = {
             "threshold": round(artifact.typicality.threshold, 4),
-            "unlike_training": {split: data.unlike_training(artifact.typicality, split)},
+            "unlike_training": {split: data.unlike_training(artifact.typicality, split, embed)},
         }
     return metrics, data, test

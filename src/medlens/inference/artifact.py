@@ -32,7 +32,7 @@ from medlens.data.typicality import Typicality
 from medlens.errors import ArtifactError, ConfigError, DataError
 from medlens.io import MedicalImage
 from medlens.models import MedlensModel, list_models, model_from_spec
-from medlens.models.forward import batched_logits, to_probabilities
+from medlens.models.forward import batched_embeddings, batched_logits, to_probabilities
 from medlens.models.tta import TTA
 from medlens.serialization import load_weights, save_weights
 from medlens.transforms import Channels
@@ -103,6 +103,7 @@ def save_artifact(
             "file": TYPICALITY_FILE,
             "threshold": round(typicality.threshold, 4),
             "quantile": TYPICALITY_QUANTILE,
+            "embedding": typicality.embedding is not None,
         }
     atomic_write_text(folder / "model.json", json.dumps(meta, indent=2) + "\n")
     return folder
@@ -142,6 +143,18 @@ class Artifact:
             if self._typicality is None:
                 self._typicality = Typicality.load(self.folder / str(entry["file"]))
             return self._typicality
+
+    @property
+    def embeds(self) -> bool:
+        """Whether ``unlike_training`` also measures the members' pooled features, so the
+        engines must return them beside the logits."""
+        return bool((self.meta.get("typicality") or {}).get("embedding"))
+
+    def embeddings(
+        self, batch: NDArray[np.float32], *, device: str = "cpu"
+    ) -> NDArray[np.float64] | None:
+        """The members' pooled features of a preprocessed batch (None if :attr:`embeds` is not)."""
+        return batched_embeddings(self.members, batch, device=device) if self.embeds else None
 
     @property
     def spatial_dims(self) -> int:

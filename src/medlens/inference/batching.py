@@ -6,9 +6,10 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -21,17 +22,17 @@ class QueueFullError(Exception):
 @dataclass
 class _Job:
     image: NDArray[np.float32]
-    future: Future[NDArray[np.float32]]
+    future: Future[Any]
 
 
 class DynamicBatcher:
-    """Runs ``fn`` (a batch (N, ...) -> outputs (N, ...)) on groups of submitted images: the first
-    waiting image opens a batch, which closes after ``window_s`` or at ``max_batch`` images.
+    """Runs ``fn`` (a batch (N, ...) -> one output per image) on groups of submitted images: the
+    first waiting image opens a batch, which closes after ``window_s`` or at ``max_batch`` images.
     Images of different shapes never share a batch."""
 
     def __init__(
         self,
-        fn: Callable[[NDArray[np.float32]], NDArray[np.float32]],
+        fn: Callable[[NDArray[np.float32]], Sequence[Any]],
         *,
         max_batch: int = 32,
         window_s: float = 0.005,
@@ -51,7 +52,7 @@ class DynamicBatcher:
     def depth(self) -> int:
         return self._queue.qsize()
 
-    def submit(self, image: NDArray[np.float32]) -> Future[NDArray[np.float32]]:
+    def submit(self, image: NDArray[np.float32]) -> Future[Any]:
         """A future of ``fn``'s output row for ``image``; raises :class:`QueueFullError` when full."""
         job = _Job(image, Future())
         try:

@@ -144,6 +144,7 @@ class Engine:
         folder, digest = self._cache(cache_dir)
         # the two 3D graphs differ (plain Conv3d for OpenVINO, unrolled for the CPU provider)
         graph = ".conv3d" if self.artifact.spatial_dims == 3 and not runtime.unroll_3d else ""
+        graph += ".embedding" if self.artifact.embeds else ""
         path = folder / f"{digest}{graph}.onnx"
         if not path.is_file():
             folder.mkdir(parents=True, exist_ok=True)
@@ -152,6 +153,7 @@ class Engine:
                 input_shape(self.artifact),
                 path,
                 unroll_3d=runtime.unroll_3d,
+                embedding=self.artifact.embeds,
             )
             log.info("exported %s (max |ORT - torch| = %.2g)", path, report.max_abs_diff)
         return runtime.session(str(path), threads)
@@ -179,12 +181,23 @@ class Engine:
         return "torch" if self._session is None else self.runtime.name
 
     def logits(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
+        return self.outputs(batch)[0]
+
+    def outputs(
+        self, batch: NDArray[np.float32]
+    ) -> tuple[NDArray[np.float32], NDArray[np.float64] | None]:
+        """Logits (over the artifact's test-time views) and, for an artifact that
+        :attr:`~medlens.inference.artifact.Artifact.embeds`, the members' pooled features of the
+        centred view (one pass for both on ONNX Runtime); None otherwise."""
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         if self._session is None:
             with self._lock:
-                return batched_logits(self._torch_model(), batch, tta=self.tta)
+                logits = batched_logits(self._torch_model(), batch, tta=self.tta)
+                return logits, self.artifact.embeddings(batch)
         session = self._session
-        return self.tta.run(lambda views: session.run(None, {"image": views})[0], batch)
+        found = self.tta.run_outputs(lambda views: session.run(None, {"image": views}), batch)
+        embedding = found[1].astype(np.float64) if self.artifact.embeds and len(found) > 1 else None
+        return found[0], embedding
 
     @torch.no_grad()
     def torch_logits(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:

@@ -111,9 +111,13 @@ def predict_items(
             good = list(arrays)
             if good:
                 batch = np.stack([arrays[j] for j in good])
-                logits = engine.logits(batch) if engine else artifact.logits(batch, device=device)
+                if engine is not None:
+                    logits, embeddings = engine.outputs(batch)
+                else:
+                    logits = artifact.logits(batch, device=device)
+                    embeddings = artifact.embeddings(batch, device=device)
                 probs = artifact.probabilities(logits)
-                typical = typicality.describe(batch) if typicality else [{}] * len(good)
+                typical = typicality.describe(batch, embeddings) if typicality else [{}] * len(good)
                 for j, p, decision, seen in zip(
                     good, probs, artifact.decide(probs), typical, strict=True
                 ):

@@ -119,7 +119,11 @@ def quantize_artifact(
     path = artifact.folder / INT8_FILE
     with tempfile.TemporaryDirectory(prefix="medlens-int8-") as tmp:
         fp32 = export_onnx(
-            artifact.members, shape, Path(tmp) / "fp32.onnx", unroll_3d=runtime.unroll_3d
+            artifact.members,
+            shape,
+            Path(tmp) / "fp32.onnx",
+            unroll_3d=runtime.unroll_3d,
+            embedding=artifact.embeds,
         ).path
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32), str(prepared))  # shape inference + graph clean-up

@@ -10,6 +10,7 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
+from medlens.models.base import MedlensModel
 from medlens.models.tta import NO_TTA, TTA
 
 
@@ -35,6 +36,24 @@ def batched_logits(
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
+@torch.no_grad()
+def batched_embeddings(
+    members: Sequence[MedlensModel],
+    images: NDArray[np.float32],
+    *,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+) -> NDArray[np.float64]:
+    """The members' pooled features before their heads, side by side (N, sum of D), one view
+    per image (the one the test-time views are centred on)."""
+    model = LogitsAndEmbedding(members).eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
+        out.append(model(x.to(device, torch.float32))[1].double().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0))
+
+
 def to_probabilities(
     logits: NDArray[Any], *, multilabel: bool, temperature: float = 1.0
 ) -> NDArray[np.float64]:
@@ -58,6 +77,21 @@ class MeanLogits(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.stack([m(x) for m in self.members]).mean(dim=0)
+
+
+class LogitsAndEmbedding(nn.Module):
+    """An ensemble's mean logits and its members' pooled features side by side: the second
+    output is what ``unlike_training`` measures in the model's own terms
+    (:mod:`medlens.data.typicality`)."""
+
+    def __init__(self, members: Sequence[MedlensModel]):
+        super().__init__()
+        self.members: Sequence[MedlensModel] = nn.ModuleList(members)  # type: ignore[assignment]
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pooled = [m.embed(x).flatten(1) for m in self.members]
+        logits = [m.head(e) for m, e in zip(self.members, pooled, strict=True)]
+        return torch.stack(logits).mean(dim=0), torch.cat(pooled, dim=1)
 
 
 def combined(members: Sequence[nn.Module]) -> nn.Module:

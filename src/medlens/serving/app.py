@@ -208,23 +208,26 @@ def create_app(settings: ServeSettings, services: list[ModelService] | None = No
 
     def decode(
         service: ModelService, received: tuple[bytes, str] | str
-    ) -> tuple[MedicalImage, MedicalImage, str | None, dict[str, Any]]:
+    ) -> tuple[MedicalImage, MedicalImage, str | None, float | None]:
         """Read and preprocess in one worker-thread hop: the image, the model's grid, the
-        digest of a referenced file and how far the grid is from the training images."""
+        digest of a referenced file and how far the grid's pixels are from the training
+        images' (the embedding's part follows the forward pass)."""
         digest = None
         if isinstance(received, str):
             image, digest = read_reference(received, allowed, settings.limits)
         else:
             image = read_upload(*received, settings.limits)
         grid = service.artifact.prepared(image)
-        return image, grid, digest, service.typical(grid)
+        return image, grid, digest, service.pixel_distance(grid)
 
     async def handle(
         route: str,
         name: str,
         request: Request,
         token: str,
-        work_fn: Callable[[ModelService, MedicalImage, MedicalImage], Awaitable[dict[str, Any]]],
+        work_fn: Callable[
+            [ModelService, MedicalImage, MedicalImage, float | None], Awaitable[dict[str, Any]]
+        ],
     ) -> Response:
         started = time.perf_counter()
         status, digest, outcome = 200, None, "ok"
@@ -233,10 +236,10 @@ def create_app(settings: ServeSettings, services: list[ModelService] | None = No
             received = await receive(request)
             if not isinstance(received, str):
                 digest = hashlib.sha256(received[0]).hexdigest()
-            image, grid, found, typical = await run_in_threadpool(decode, service, received)
+            image, grid, found, pixels = await run_in_threadpool(decode, service, received)
             digest = digest or found
             read_ms = 1000 * (time.perf_counter() - started)
-            body = await work_fn(service, image, grid) | typical
+            body = await work_fn(service, image, grid, pixels)
             outcome = str(body.get("prediction", "ok"))
             body["input_sha256"] = digest
             body["timing_ms"] = {
@@ -278,11 +281,11 @@ def create_app(settings: ServeSettings, services: list[ModelService] | None = No
             )
 
     async def predict_work(
-        service: ModelService, _image: MedicalImage, grid: MedicalImage
+        service: ModelService, _image: MedicalImage, grid: MedicalImage, pixels: float | None
     ) -> dict[str, Any]:
         began = time.perf_counter()
-        logits = await asyncio.wrap_future(service.submit(grid))
-        body = service.result(logits)
+        logits, embedding = await asyncio.wrap_future(service.submit(grid))
+        body = service.result(logits) | service.typical(pixels, embedding)
         body["inference_ms"] = round(1000 * (time.perf_counter() - began), 2)
         return body
 
@@ -319,9 +322,9 @@ def create_app(settings: ServeSettings, services: list[ModelService] | None = No
             raise HTTPException(400, f"unknown method {chosen!r}; use one of {list(METHODS)}")
 
         async def work(
-            service: ModelService, image: MedicalImage, grid: MedicalImage
+            service: ModelService, image: MedicalImage, grid: MedicalImage, pixels: float | None
         ) -> dict[str, Any]:
-            body = await predict_work(service, image, grid)
+            body = await predict_work(service, image, grid, pixels)
             body.update(await run_in_threadpool(service.explain, image, grid, chosen, class_name))
             return body
 

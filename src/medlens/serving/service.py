@@ -40,6 +40,9 @@ def _array_payload(values: NDArray[Any]) -> dict[str, Any]:
     }
 
 
+Output = tuple[NDArray[np.float32], NDArray[np.float64] | None]  # one image's logits, embedding
+
+
 class ModelService:
     """Predictions and explanations of one artifact, batched across concurrent callers."""
 
@@ -58,7 +61,7 @@ class ModelService:
         )
         self.engine.warm_up()  # before /ready says yes
         self.batcher = DynamicBatcher(
-            self.engine.logits,
+            self._forward,
             max_batch=settings.max_batch,
             window_s=settings.batch_window_ms / 1000,
             max_queue=settings.max_queue,
@@ -105,14 +108,31 @@ class ModelService:
             "provider": self.engine.provider,
         }
 
-    def typical(self, grid: MedicalImage) -> dict[str, Any]:
-        """``distance_from_training`` and ``unlike_training`` of a preprocessed image (nothing
-        for an artifact trained before medlens stored the training images' summary)."""
-        typicality = self.artifact.typicality
-        return typicality.describe(grid.array[None])[0] if typicality else {}
+    def _forward(self, batch: NDArray[np.float32]) -> list[Output]:
+        logits, embeddings = self.engine.outputs(batch)
+        rows = [None] * len(logits) if embeddings is None else list(embeddings)
+        return list(zip(logits, rows, strict=True))
 
-    def submit(self, grid: MedicalImage) -> Future[NDArray[np.float32]]:
-        """Queue one preprocessed image; raises QueueFullError when the queue is at its limit."""
+    def pixel_distance(self, grid: MedicalImage) -> float | None:
+        """The pixel part of a preprocessed image's distance from the training images (None
+        for an artifact trained before medlens stored their summary)."""
+        typicality = self.artifact.typicality
+        return float(typicality.pixel_distances(grid.array[None])[0]) if typicality else None
+
+    def typical(
+        self, pixels: float | None, embedding: NDArray[np.float64] | None
+    ) -> dict[str, Any]:
+        """``distance_from_training`` and ``unlike_training`` from :meth:`pixel_distance` and
+        the image's embedding (:mod:`medlens.data.typicality`)."""
+        typicality = self.artifact.typicality
+        if typicality is None or pixels is None:
+            return {}
+        rows = None if embedding is None else embedding[None]
+        return typicality.unlike(typicality.combine(np.asarray([pixels]), rows))[0]
+
+    def submit(self, grid: MedicalImage) -> Future[Output]:
+        """Queue one preprocessed image for its logits and embedding (None when the artifact
+        stores no embedding summary); raises QueueFullError when the queue is at its limit."""
         return self.batcher.submit(grid.array.astype(np.float32, copy=False))
 
     def result(self, logits: NDArray[np.float32]) -> dict[str, Any]:

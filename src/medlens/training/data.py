@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,9 @@ from medlens.io import MedicalImage
 from medlens.transforms.base import Pipeline
 
 _SPLIT_COLUMNS = ("split", "fold")
+
+#: preprocessed images (N, C, *spatial) -> a model's pooled features (N, D)
+Embed = Callable[[NDArray[np.float32]], NDArray[np.float64] | None]
 
 
 @dataclass(frozen=True)
@@ -40,26 +44,35 @@ class PreparedData:
     def images(self, indices: NDArray[np.int64]) -> NDArray[np.float32]:
         return np.ascontiguousarray(self.cached.images[np.sort(indices)])
 
-    def typicality(self, seed: int = 0) -> Typicality:
+    def typicality(self, seed: int = 0, embed: Embed | None = None) -> Typicality:
         """The training images' summary for ``unlike_training`` (:mod:`medlens.data.typicality`),
-        its threshold chosen on validation; up to 2,000 images of each, drawn reproducibly."""
+        its threshold chosen on validation; up to 2,000 images of each, drawn reproducibly.
+        ``embed`` (preprocessed images -> the model's pooled features) adds the model's view."""
         rng = np.random.default_rng(seed)
-
-        def sample(split: str) -> NDArray[np.float64]:
+        found: dict[str, tuple[NDArray[np.float64], NDArray[np.float64] | None]] = {}
+        for split in ("train", "val"):
             index = self.indices(split)
             index = np.sort(rng.choice(index, min(len(index), MAX_IMAGES), replace=False))
-            return features(self.images(index)) if len(index) else np.empty((0, 0))
+            if not len(index):
+                found[split] = (np.empty((0, 0)), None if embed is None else np.empty((0, 0)))
+                continue
+            images = self.images(index)
+            found[split] = (features(images), None if embed is None else embed(images))
+        return Typicality.fit(
+            found["train"][0], found["val"][0], found["train"][1], found["val"][1]
+        )
 
-        return Typicality.fit(sample("train"), sample("val"))
-
-    def unlike_training(self, typicality: Typicality, split: str) -> float | None:
+    def unlike_training(
+        self, typicality: Typicality, split: str, embed: Embed | None = None
+    ) -> float | None:
         """Share of ``split``'s images (up to 2,000) that ``typicality`` scores as unlike the
         training images; None for an empty split."""
         index = self.indices(split)[:MAX_IMAGES]
         if not len(index):
             return None
-        scores = typicality.scores(features(self.images(index)))
-        return round(float((scores > typicality.threshold).mean()), 4)
+        images = self.images(index)
+        distances = typicality.distances(images, None if embed is None else embed(images))
+        return round(float((distances > typicality.threshold).mean()), 4)
 
     def shifts(self) -> list[SplitShift]:
         """Validation and test images told apart from training's, class by class

@@ -28,7 +28,7 @@ from medlens.evaluation.evaluate import HEADLINE, decisions_for
 from medlens.explain import relevance_maps
 from medlens.inference.artifact import load_artifact, save_artifact
 from medlens.models import MedlensModel
-from medlens.models.forward import batched_logits, to_probabilities
+from medlens.models.forward import batched_embeddings, batched_logits, to_probabilities
 from medlens.models.precision import autocast_dtype, precision_name
 from medlens.models.transfer import load_backbone
 from medlens.models.tta import TTA
@@ -448,10 +448,15 @@ def train_run(
         "split": how,
     }
     metrics["shift"] = [shift.to_dict() for shift in data.shifts()]
-    typicality = data.typicality(seed=plan.seed)
+    members = [r.model for r in results]
+
+    def embed(images: np.ndarray) -> np.ndarray:
+        return batched_embeddings(members, images, device=ctx.device)
+
+    typicality = data.typicality(seed=plan.seed, embed=embed)
     metrics["typicality"] = {
         "threshold": round(typicality.threshold, 4),
-        "unlike_training": {s: data.unlike_training(typicality, s) for s in ("val", "test")},
+        "unlike_training": {s: data.unlike_training(typicality, s, embed) for s in ("val", "test")},
     }
     title = title or f"medlens: {plan.model} on {manifest.root.name or 'data'}"
     model_dir = _save_outputs(
