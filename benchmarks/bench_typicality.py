@@ -27,7 +27,8 @@ from medlens.data.synthetic import chest_dataset
 from medlens.data.typicality import Typicality
 from medlens.inference import load_artifact
 from medlens.io import MedicalImage, read_image
-from medlens.training import prepare_data, train_run
+from medlens.training import prepare_data
+from medlens.training.run import train_run
 from medlens.transforms.base import Pipeline
 
 
