@@ -93,11 +93,11 @@ def test_a_cached_onnx_export_runs_without_building_the_torch_models(
     assert artifact._members is not None  # built when torch is asked for
 
 
-def test_the_engine_gives_the_embedding_of_the_centred_view_beside_the_logits(
+def test_the_engine_gives_the_embedding_beside_the_logits(
     tmp_path: Path,
 ) -> None:
     """An artifact whose ``unlike_training`` measures the model's features: ONNX Runtime (one
-    pass, 27 shifted views, Conv3d unrolled) gives the logits and embedding torch gives, and
+    pass, both averaged over 27 shifted views, Conv3d unrolled) gives what torch gives, and
     predictions carry the same distances either way."""
     torch.manual_seed(0)
     model = create_model("compactnet", 3, 1, 2, widths=(4, 4, 8, 8), stem_stride=2)

@@ -35,8 +35,8 @@ def test_new_images_of_the_training_kind_pass_and_other_kinds_are_flagged(
     fitted: Typicality,
 ) -> None:
     unseen = fitted.distances(_chest(100, seed=2))
-    assert (unseen > fitted.threshold).mean() <= 0.05  # the 99th percentile of validation
-    assert 0.5 < float(np.median(unseen)) < 2  # about 1 for a typical image
+    assert fitted.threshold == 1  # distances are in units of validation's 99th percentile
+    assert (unseen > 1).mean() <= 0.05 and 0.2 < float(np.median(unseen)) < 0.8
     ct = ct_phantom(0, size=32)
     slices = np.stack([ct.image[0, k] for k in range(8, 24, 2)])[:, None].astype(np.float32)
     noise = np.random.default_rng(0).random((10, 1, 32, 32)).astype(np.float32)
@@ -52,11 +52,13 @@ def test_the_embedding_flags_what_the_pixels_pass_and_keeps_one_percent_of_valid
         features(_chest(240, seed=0)), features(val), _embedding(240, 0), _embedding(200, 1)
     )
     assert found.embedding is not None
-    # by construction: the larger of the two scaled distances, cut at validation's 99th percentile
-    assert (found.distances(val, _embedding(200, 1)) > found.threshold).mean() <= 0.011
+    # by construction: each view in units of its own 99th percentile on validation, then the
+    # larger of the two in units of its 99th percentile
+    both = found.distances(val, _embedding(200, 1))
+    assert (both > 1).mean() <= 0.011 and (found.pixel_distances(val) > 1).mean() < 0.011
     images = _chest(50, seed=2)
     typical = found.distances(images, _embedding(50, 2))
-    assert (typical > found.threshold).mean() <= 0.06 and 0.5 < float(np.median(typical)) < 2
+    assert (typical > 1).mean() <= 0.06 and 0.2 < float(np.median(typical)) < 0.8
     pixels_only = found.distances(images)  # a caller without the model's features
     odd = found.distances(images, _embedding(50, 2, kind=1))  # same pixels, other features
     assert (pixels_only <= found.threshold).mean() >= 0.94 and (odd > found.threshold).all()
@@ -79,17 +81,18 @@ def test_it_round_trips_through_safetensors_and_a_broken_file_is_refused(
         np.testing.assert_allclose(
             again.distances(rows, embedding), original.distances(rows, embedding)
         )
-        assert again.threshold == original.threshold and again.scales == original.scales
+        assert again.scales == original.scales
     path.write_bytes(path.read_bytes()[:40])
     with pytest.raises(ArtifactError, match="typicality"):
         Typicality.load(path)
 
 
 def test_a_summary_in_the_first_format_still_loads(fitted: Typicality, tmp_path: Path) -> None:
-    """Artifacts trained before the embedding stored the pixel view alone, thresholded raw."""
+    """Artifacts trained before the embedding stored the pixel view alone and a threshold on its
+    raw score: the same images are flagged, their distances now in units of that threshold."""
     pixels = fitted.pixels
     old = tmp_path / "old.safetensors"
-    raw_threshold = fitted.threshold * fitted.scales[0]
+    raw_threshold = 2.5
     save_file(
         {
             "mean": pixels.mean,
@@ -100,15 +103,16 @@ def test_a_summary_in_the_first_format_still_loads(fitted: Typicality, tmp_path:
         str(old),
     )
     loaded = Typicality.load(old)
-    rows = _chest(8, seed=4)
-    assert loaded.embedding is None and loaded.threshold == pytest.approx(raw_threshold)
-    np.testing.assert_allclose(
-        loaded.distances(rows, _embedding(8, 4)), pixels.scores(features(rows))
-    )
+    rows = np.concatenate([_chest(8, seed=4), np.random.default_rng(0).random((4, 1, 32, 32))])
+    raw = pixels.scores(features(rows.astype(np.float32)))
+    assert loaded.embedding is None
+    np.testing.assert_allclose(loaded.distances(rows, _embedding(12, 4)), raw / raw_threshold)
+    flags = [row["unlike_training"] for row in loaded.describe(rows)]
+    assert flags == list(raw > raw_threshold) and any(flags) and not all(flags)
 
 
 def test_without_enough_validation_images_a_fifth_of_training_sets_the_threshold() -> None:
     train = features(_chest(60, seed=0))
     found = Typicality.fit(train, np.empty((0, 0)), _embedding(60, 0), np.empty((0, 0)))
-    assert np.isfinite(found.threshold) and found.pixels.components.shape[0] <= 47
+    assert np.isfinite(found.scales).all() and found.pixels.components.shape[0] <= 47
     assert isinstance(found.embedding, Summary) and found.embedding.mean.shape == (64,)

@@ -10,19 +10,20 @@ summarised, each by its mean and leading principal components (:class:`Summary`)
   the model makes of it. Artifacts trained before it have the pixel summary only.
 
 Each view's score is a squared distance from its summary (Mahalanobis within the components,
-plus what lies outside them in units of the training residual) per feature, divided by the
-validation images' median, so about 1 for a typical image. ``distance_from_training`` is the
-larger of the two, and the threshold is the 99th percentile of the validation images'
-distances: about 1 in 100 images like those is flagged. The embedding catches kinds the pixels
-miss (grey fundus photographs given to a PneumoniaMNIST model: 35 % flagged by the pixels,
-100 % by the two), but neither view is proof: see benchmarks/bench_typicality.py.
+plus what lies outside them in units of the training residual) per feature, in units of its
+99th percentile on the validation images, so both views flag validation alike.
+``distance_from_training`` is the larger of the two, in units of the 99th percentile of that on
+validation: above 1 is ``unlike_training``, about 1 in 100 validation images is, and a typical
+image scores about 0.4. The embedding, averaged over the test-time views as the logits are,
+catches kinds the pixels miss (grey fundus photographs given to a PneumoniaMNIST model), but
+neither view is proof: see benchmarks/bench_typicality.py.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -111,15 +112,14 @@ class Summary:
 
 @dataclass(frozen=True)
 class Typicality:
-    """The training images' summaries and the threshold chosen on validation.
-
-    ``scales`` divide each view's score (the validation medians; 1 in artifacts that stored the
-    pixel summary only, whose threshold is on the raw pixel score)."""
+    """The training images' summaries and each view's scale, chosen on validation: a view's
+    score divided by its scale is 1 at the threshold."""
 
     pixels: Summary
     embedding: Summary | None
-    scales: tuple[float, float]
-    threshold: float
+    scales: tuple[float, float]  # (pixels, embedding); the embedding's is 1 without one
+
+    threshold: ClassVar[float] = 1.0  # distances are in units of it
 
     @classmethod
     def fit(
@@ -129,9 +129,10 @@ class Typicality:
         train_embedding: Array | None = None,
         val_embedding: Array | None = None,
     ) -> Typicality:
-        """Summarise ``train``'s pixel features and, when given, its embeddings; scales and
-        threshold come from ``val`` (from a fifth of ``train`` held out when ``val`` has fewer
-        than 20 rows)."""
+        """Summarise ``train``'s pixel features and, when given, its embeddings. Each view's
+        score is put in units of its 99th percentile on ``val`` (on a fifth of ``train`` held
+        out when ``val`` has fewer than 20 rows), so that each flags validation alike, then
+        both in units of the 99th percentile of their larger one."""
         if len(val) < MIN_IMAGES:
             order = np.random.default_rng(0).permutation(len(train))
             held, kept = order[: max(1, len(train) // 5)], order[max(1, len(train) // 5) :]
@@ -143,13 +144,14 @@ class Typicality:
         raw = [pixels.scores(val)]
         if embedding is not None and val_embedding is not None:
             raw.append(embedding.scores(val_embedding))
-        medians = [max(float(np.median(r)), 1e-12) for r in raw]
-        scales = (medians[0], medians[1] if len(medians) > 1 else 1.0)
-        distances = np.max([r / m for r, m in zip(raw, medians, strict=True)], axis=0)
-        return cls(pixels, embedding, scales, float(np.quantile(distances, QUANTILE)))
+        tails = [max(float(np.quantile(r, QUANTILE)), 1e-12) for r in raw]
+        larger = np.max([r / t for r, t in zip(raw, tails, strict=True)], axis=0)
+        both = max(float(np.quantile(larger, QUANTILE)), 1e-12)
+        scales = (tails[0] * both, tails[1] * both if len(tails) > 1 else 1.0)
+        return cls(pixels, embedding, scales)
 
     def pixel_distances(self, arrays: NDArray[Any]) -> Array:
-        """The pixel view's scaled scores of preprocessed arrays (N, C, *spatial)."""
+        """The pixel view's part of :meth:`distances` for preprocessed arrays (N, C, *spatial)."""
         result: Array = self.pixels.scores(features(arrays)) / self.scales[0]
         return result
 
@@ -167,7 +169,7 @@ class Typicality:
         return result
 
     def unlike(self, distances: Array) -> list[dict[str, Any]]:
-        """``distance_from_training`` and ``unlike_training`` for each distance."""
+        """``distance_from_training`` and ``unlike_training`` (above 1) for each distance."""
         return [
             {
                 "distance_from_training": round(float(d), 3),
@@ -188,7 +190,6 @@ class Typicality:
         if self.embedding is not None:
             arrays |= self.embedding.arrays("embedding")
         arrays["scales"] = np.asarray(self.scales)
-        arrays["threshold"] = np.asarray([self.threshold])
         with atomic_path(path) as tmp:
             save_file(arrays, str(tmp), metadata={"format": "medlens-typicality"})
         return path
@@ -197,15 +198,13 @@ class Typicality:
     def load(cls, path: Path) -> Typicality:
         try:
             t = {k: v.astype(np.float64) for k, v in load_file(str(path)).items()}
-            if "scalars" in t:  # the first format: the pixel view only, its raw score
+            if "scalars" in t:  # the first format: pixels only, a threshold on the raw score
                 residual, threshold = (float(x) for x in t["scalars"])
                 pixels = Summary(t["mean"], t["components"], t["variances"], residual)
-                return cls(pixels, None, (1.0, 1.0), threshold)
+                return cls(pixels, None, (threshold, 1.0))
             embedding = Summary.from_arrays(t, "embedding") if "embedding.mean" in t else None
             low, high = (float(x) for x in t["scales"])
-            return cls(
-                Summary.from_arrays(t, "pixels"), embedding, (low, high), float(t["threshold"][0])
-            )
+            return cls(Summary.from_arrays(t, "pixels"), embedding, (low, high))
         except (SafetensorError, OSError, KeyError, ValueError) as err:
             raise ArtifactError(
                 f"unreadable typicality file ({err})", path=path, fix="re-train the model"

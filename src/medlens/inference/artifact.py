@@ -153,8 +153,11 @@ class Artifact:
     def embeddings(
         self, batch: NDArray[np.float32], *, device: str = "cpu"
     ) -> NDArray[np.float64] | None:
-        """The members' pooled features of a preprocessed batch (None if :attr:`embeds` is not)."""
-        return batched_embeddings(self.members, batch, device=device) if self.embeds else None
+        """The members' pooled features of a preprocessed batch over the artifact's test-time
+        views (None if :attr:`embeds` is not)."""
+        if not self.embeds:
+            return None
+        return batched_embeddings(self.members, batch, device=device, tta=self.tta)
 
     @property
     def spatial_dims(self) -> int:

@@ -186,9 +186,9 @@ class Engine:
     def outputs(
         self, batch: NDArray[np.float32]
     ) -> tuple[NDArray[np.float32], NDArray[np.float64] | None]:
-        """Logits (over the artifact's test-time views) and, for an artifact that
-        :attr:`~medlens.inference.artifact.Artifact.embeds`, the members' pooled features of the
-        centred view (one pass for both on ONNX Runtime); None otherwise."""
+        """Logits and, for an artifact that :attr:`~medlens.inference.artifact.Artifact.embeds`,
+        the members' pooled features (None otherwise), both over the artifact's test-time views;
+        one pass for both on ONNX Runtime."""
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         if self._session is None:
             with self._lock:

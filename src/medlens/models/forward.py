@@ -43,14 +43,17 @@ def batched_embeddings(
     *,
     batch_size: int = 64,
     device: str | torch.device = "cpu",
+    tta: TTA = NO_TTA,
 ) -> NDArray[np.float64]:
-    """The members' pooled features before their heads, side by side (N, sum of D), one view
-    per image (the one the test-time views are centred on)."""
+    """The members' pooled features before their heads, side by side (N, sum of D), averaged
+    over the views ``tta`` makes of each image (as the logits are)."""
     model = LogitsAndEmbedding(members).eval()
     out = []
-    for start in range(0, len(images), batch_size):
-        x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
-        out.append(model(x.to(device, torch.float32))[1].double().cpu().numpy())
+    per_chunk = max(1, batch_size // tta.count(images.ndim - 2))
+    for start in range(0, len(images), per_chunk):
+        x = torch.from_numpy(np.ascontiguousarray(images[start : start + per_chunk]))
+        x = x.to(device, torch.float32)
+        out.append(tta.mean(model(tta.views(x))[1], len(x)).double().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0))
 
 

@@ -78,18 +78,15 @@ class TTA:
         self, forward: Any, batch: NDArray[np.float32], max_views: int = 256
     ) -> list[NDArray[np.float32]]:
         """Like :meth:`run` for a ``forward`` that returns a list of outputs (all of an ONNX
-        session's): the first, the logits, averaged over the views; any others (the embedding)
-        taken from the centred view, the one a single-view pass sees."""
-        nd = batch.ndim - 2
-        per_call = max(1, max_views // self.count(nd))
-        centre = self.offsets(nd).index((0,) * nd)
+        session's: logits, embedding), each averaged over the views."""
+        per_call = max(1, max_views // self.count(batch.ndim - 2))
         parts: list[list[NDArray[np.float32]]] = []
         for start in range(0, len(batch), per_call):
             x = torch.from_numpy(np.ascontiguousarray(batch[start : start + per_call], np.float32))
-            outputs = [torch.from_numpy(np.asarray(o)) for o in forward(self.views(x).numpy())]
-            n = len(x)
-            first = self.mean(outputs[0], n).numpy()
-            parts.append([first] + [o[centre * n : (centre + 1) * n].numpy() for o in outputs[1:]])
+            outputs = forward(self.views(x).numpy())
+            parts.append(
+                [self.mean(torch.from_numpy(np.asarray(o)), len(x)).numpy() for o in outputs]
+            )
         return [np.concatenate(p).astype(np.float32, copy=False) for p in zip(*parts, strict=True)]
 
 

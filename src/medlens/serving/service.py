@@ -102,7 +102,8 @@ class ModelService:
             "task": self.artifact.labels.task,
             "classes": self.artifact.labels.classes,
             "threshold": self.artifact.threshold,
-            "typicality_threshold": (meta.get("typicality") or {}).get("threshold"),
+            # distances are in units of the threshold (artifacts' first format included)
+            "typicality_threshold": None if self.artifact.typicality is None else 1.0,
             "metrics": meta.get("metrics", {}),
             "backend": self.engine.backend_used,
             "provider": self.engine.provider,

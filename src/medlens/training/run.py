@@ -451,7 +451,7 @@ def train_run(
     members = [r.model for r in results]
 
     def embed(images: np.ndarray) -> np.ndarray:
-        return batched_embeddings(members, images, device=ctx.device)
+        return batched_embeddings(members, images, device=ctx.device, tta=ctx.tta)
 
     typicality = data.typicality(seed=plan.seed, embed=embed)
     metrics["typicality"] = {

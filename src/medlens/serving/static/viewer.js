@@ -101,9 +101,10 @@ function show(body) {
   typical.className = body.unlike_training ? "error small" : "muted small";
   typical.textContent = body.distance_from_training === undefined ? ""
     : body.unlike_training
-      ? `Unlike the training images (distance ${body.distance_from_training.toFixed(2)}): ` +
-        "the model may not apply to this image."
-      : `Distance from the training images ${body.distance_from_training.toFixed(2)} (typical: about 1)`;
+      ? `Unlike the training images (distance ${body.distance_from_training.toFixed(2)}, ` +
+        "above 1): the model may not apply to this image."
+      : `Distance from the training images ${body.distance_from_training.toFixed(2)} ` +
+        "(flagged above 1; typical about 0.4)";
   $("probabilities").innerHTML = Object.entries(body.calibrated_probabilities)
     .map(([c, v]) => `<tr><td>${escapeHtml(c)}</td><td>${v.toFixed(4)}</td></tr>`).join("");
   const f = body.explanation.faithfulness;
