@@ -28,9 +28,9 @@ def artifact_scores(
     idx = np.sort(data.indices(split))
     if len(idx) == 0:
         raise ConfigError(f"the data has no rows in split {split!r}")
-    logits = artifact.logits(data.images(idx), device=device, tta=tta)
+    logits, embedding = artifact.outputs(data.images(idx), device=device, tta=tta)
     groups = [data.manifest.rows[i]["patient_id"] for i in idx]
-    return SplitScores(split, idx, data.targets[idx], logits, groups)
+    return SplitScores(split, idx, data.targets[idx], logits, groups, embedding)
 
 
 def _training_sample(trained_on: Manifest, data: Manifest) -> list[dict[str, str]]:
@@ -116,12 +116,9 @@ def evaluate_artifact(
     )
     metrics["shift"] = [shift.to_dict() for shift in data.shifts()]  # with training rows only
     if artifact.typicality is not None:
-
-        def embed(images: np.ndarray) -> np.ndarray | None:
-            return artifact.embeddings(images, device=device)
-
+        shares = {split: data.unlike_training(artifact.typicality, split, test.embedding)}
         metrics["typicality"] = {
-            "threshold": round(artifact.typicality.threshold, 4),
-            "unlike_training": {split: data.unlike_training(artifact.typicality, split, embed)},
+            "threshold": artifact.typicality.threshold,
+            "unlike_training": shares,
         }
     return metrics, data, test

@@ -37,13 +37,15 @@ HEADLINE = ("auc", "accuracy", "sensitivity", "specificity", "f1")
 
 @dataclass(frozen=True)
 class SplitScores:
-    """Model outputs on one split: rows (manifest order), targets, logits, patient ids."""
+    """Model outputs on one split: rows (manifest order), targets, logits, patient ids, and the
+    model's pooled features where they were computed with the logits (``unlike_training``)."""
 
     split: str
     indices: NDArray[np.int64]
     targets: NDArray[Any]
     logits: NDArray[np.float32]
     groups: list[str]
+    embedding: NDArray[np.float64] | None = None
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from medlens.data.typicality import Typicality
 from medlens.errors import ArtifactError, ConfigError, DataError
 from medlens.io import MedicalImage
 from medlens.models import MedlensModel, list_models, model_from_spec
-from medlens.models.forward import batched_embeddings, batched_logits, to_probabilities
+from medlens.models.forward import batched_logits, batched_outputs, to_probabilities
 from medlens.models.tta import TTA
 from medlens.serialization import load_weights, save_weights
 from medlens.transforms import Channels
@@ -150,14 +150,21 @@ class Artifact:
         engines must return them beside the logits."""
         return bool((self.meta.get("typicality") or {}).get("embedding"))
 
+    def outputs(
+        self, batch: NDArray[np.float32], *, device: str = "cpu", tta: TTA | None = None
+    ) -> tuple[NDArray[np.float32], NDArray[np.float64] | None]:
+        """:meth:`logits` and, if the artifact :attr:`embeds`, the members' pooled features over
+        the same views (None otherwise), from one forward pass."""
+        if not self.embeds:
+            return self.logits(batch, device=device, tta=tta), None
+        tta = self.tta if tta is None else tta
+        return batched_outputs(self.members, batch, device=device, tta=tta)
+
     def embeddings(
         self, batch: NDArray[np.float32], *, device: str = "cpu"
     ) -> NDArray[np.float64] | None:
-        """The members' pooled features of a preprocessed batch over the artifact's test-time
-        views (None if :attr:`embeds` is not)."""
-        if not self.embeds:
-            return None
-        return batched_embeddings(self.members, batch, device=device, tta=self.tta)
+        """The pooled features of :meth:`outputs`."""
+        return self.outputs(batch, device=device)[1]
 
     @property
     def spatial_dims(self) -> int:

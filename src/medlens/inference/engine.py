@@ -191,9 +191,10 @@ class Engine:
         one pass for both on ONNX Runtime."""
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         if self._session is None:
+            if not self.artifact.embeds:
+                return self.torch_logits(batch), None
             with self._lock:
-                logits = batched_logits(self._torch_model(), batch, tta=self.tta)
-                return logits, self.artifact.embeddings(batch)
+                return self.artifact.outputs(batch)
         session = self._session
         found = self.tta.run_outputs(lambda views: session.run(None, {"image": views}), batch)
         embedding = found[1].astype(np.float64) if self.artifact.embeds and len(found) > 1 else None

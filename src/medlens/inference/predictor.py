@@ -114,8 +114,7 @@ def predict_items(
                 if engine is not None:
                     logits, embeddings = engine.outputs(batch)
                 else:
-                    logits = artifact.logits(batch, device=device)
-                    embeddings = artifact.embeddings(batch, device=device)
+                    logits, embeddings = artifact.outputs(batch, device=device)
                 probs = artifact.probabilities(logits)
                 typical = typicality.describe(batch, embeddings) if typicality else [{}] * len(good)
                 for j, p, decision, seen in zip(

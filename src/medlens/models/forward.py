@@ -37,24 +37,39 @@ def batched_logits(
 
 
 @torch.no_grad()
-def batched_embeddings(
+def batched_outputs(
     members: Sequence[MedlensModel],
     images: NDArray[np.float32],
     *,
     batch_size: int = 64,
     device: str | torch.device = "cpu",
     tta: TTA = NO_TTA,
-) -> NDArray[np.float64]:
-    """The members' pooled features before their heads, side by side (N, sum of D), averaged
-    over the views ``tta`` makes of each image (as the logits are)."""
+) -> tuple[NDArray[np.float32], NDArray[np.float64]]:
+    """The members' mean logits (N, K) and their pooled features side by side (N, sum of D),
+    both averaged over the views ``tta`` makes of each image, from one forward pass."""
     model = LogitsAndEmbedding(members).eval()
-    out = []
+    logits, embeddings = [], []
     per_chunk = max(1, batch_size // tta.count(images.ndim - 2))
     for start in range(0, len(images), per_chunk):
         x = torch.from_numpy(np.ascontiguousarray(images[start : start + per_chunk]))
         x = x.to(device, torch.float32)
-        out.append(tta.mean(model(tta.views(x))[1], len(x)).double().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 0))
+        found, pooled = model(tta.views(x))
+        logits.append(tta.mean(found.float(), len(x)).cpu().numpy())
+        embeddings.append(tta.mean(pooled, len(x)).double().cpu().numpy())
+    if not logits:
+        return np.zeros((0, 0), np.float32), np.zeros((0, 0))
+    return np.concatenate(logits), np.concatenate(embeddings)
+
+
+def batched_embeddings(
+    members: Sequence[MedlensModel],
+    images: NDArray[np.float32],
+    *,
+    device: str | torch.device = "cpu",
+    tta: TTA = NO_TTA,
+) -> NDArray[np.float64]:
+    """The pooled features of :func:`batched_outputs`."""
+    return batched_outputs(members, images, device=device, tta=tta)[1]
 
 
 def to_probabilities(

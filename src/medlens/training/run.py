@@ -28,10 +28,10 @@ from medlens.evaluation.evaluate import HEADLINE, decisions_for
 from medlens.explain import relevance_maps
 from medlens.inference.artifact import load_artifact, save_artifact
 from medlens.models import MedlensModel
-from medlens.models.forward import batched_embeddings, batched_logits, to_probabilities
+from medlens.models.forward import batched_embeddings, batched_outputs, to_probabilities
 from medlens.models.precision import autocast_dtype, precision_name
 from medlens.models.transfer import load_backbone
-from medlens.models.tta import TTA
+from medlens.models.tta import NO_TTA, TTA
 from medlens.planning import Plan, make_plan
 from medlens.training.data import PreparedData, prepare_data
 from medlens.training.members import member_plan, spent_seconds
@@ -77,9 +77,9 @@ def _scores(
 ) -> SplitScores:
     idx = np.sort(data.indices(split))
     images = data.images(idx)
-    logits = np.mean([batched_logits(m, images, device=device, tta=tta) for m in members], axis=0)
+    logits, embedding = batched_outputs(members, images, device=device, tta=tta)
     groups = [data.manifest.rows[i]["patient_id"] for i in idx]
-    return SplitScores(split, idx, data.targets[idx], logits.astype(np.float32), groups)
+    return SplitScores(split, idx, data.targets[idx], logits, groups, embedding)
 
 
 def _view(
@@ -262,10 +262,13 @@ def _train_members(
 
 
 def _ensemble(parts: list[SplitScores]) -> SplitScores:
-    """The members' scores of one split averaged (their logits, as the artifact does)."""
+    """The members' scores of one split averaged (their logits, as the artifact does) and
+    their pooled features side by side."""
     first = parts[0]
     logits = np.mean([p.logits for p in parts], axis=0).astype(np.float32)
-    return SplitScores(first.split, first.indices, first.targets, logits, first.groups)
+    pooled = [p.embedding for p in parts if p.embedding is not None]
+    embedding = np.concatenate(pooled, axis=1) if len(pooled) == len(parts) else None
+    return SplitScores(first.split, first.indices, first.targets, logits, first.groups, embedding)
 
 
 def _train_folds(
@@ -289,6 +292,32 @@ def _train_folds(
         [g for p in parts for g in p.groups],
     )
     return results, val
+
+
+def _typicality(
+    ctx: _Context,
+    data: PreparedData,
+    results: list[TrainResult],
+    val: SplitScores,
+    test: SplitScores,
+) -> tuple[Typicality, dict[str, Any]]:
+    """The training images' summaries (pixels, the members' pooled features) and the share of
+    validation and test flagged. Validation's and test's features come from their scoring;
+    out-of-fold validation scores (``--folds``) are not the ensemble's, so its are computed."""
+    members = [r.model for r in results]
+
+    def embed(images: np.ndarray, tta: TTA = NO_TTA) -> np.ndarray:
+        return batched_embeddings(members, images, device=ctx.device, tta=tta)
+
+    on_val = val.embedding if val.split == "val" else None
+    if on_val is None and len(data.indices("val")):
+        on_val = embed(data.images(data.indices("val")), ctx.tta)
+    typicality = data.typicality(ctx.plan.seed, embed, on_val)
+    shares = {
+        "val": data.unlike_training(typicality, "val", on_val),
+        "test": data.unlike_training(typicality, "test", test.embedding),
+    }
+    return typicality, {"threshold": typicality.threshold, "unlike_training": shares}
 
 
 def model_name(run_dir: Path) -> str | None:
@@ -448,16 +477,7 @@ def train_run(
         "split": how,
     }
     metrics["shift"] = [shift.to_dict() for shift in data.shifts()]
-    members = [r.model for r in results]
-
-    def embed(images: np.ndarray) -> np.ndarray:
-        return batched_embeddings(members, images, device=ctx.device, tta=ctx.tta)
-
-    typicality = data.typicality(seed=plan.seed, embed=embed)
-    metrics["typicality"] = {
-        "threshold": round(typicality.threshold, 4),
-        "unlike_training": {s: data.unlike_training(typicality, s, embed) for s in ("val", "test")},
-    }
+    typicality, metrics["typicality"] = _typicality(ctx, data, results, val, test)
     title = title or f"medlens: {plan.model} on {manifest.root.name or 'data'}"
     model_dir = _save_outputs(
         ctx, data, results, test, metrics, title=title, how=how, typicality=typicality
