@@ -102,8 +102,11 @@ def test_training_learned_and_wrote_everything(trained: tuple[Path, dict[str, ob
     shifts = metrics["shift"]
     assert isinstance(shifts, list) and shifts and not any(s["flagged"] for s in shifts)
     assert "Split shift" in html and "No split differs" in html
-    # the training images' summary: stored with the model, flagged shares in metrics.json
-    assert (run / "model" / meta["typicality"]["file"]).is_file()
+    # the training images' summaries (pixels, the members' features): stored with the model,
+    # flagged shares in metrics.json
+    assert (run / "model" / meta["typicality"]["file"]).is_file() and meta["typicality"][
+        "embedding"
+    ]
     typicality = metrics["typicality"]
     assert (
         isinstance(typicality, dict) and typicality["threshold"] == meta["typicality"]["threshold"]
