@@ -146,6 +146,7 @@ def test_evaluate_decodes_only_the_rows_it_scores(
     from medlens.errors import ConfigError
     from medlens.evaluation.artifact_eval import evaluate_artifact
     from medlens.inference import load_artifact
+    from medlens.models.tta import TTA
     from medlens.training import prepare_data
 
     run, metrics = trained
@@ -172,6 +173,16 @@ def test_evaluate_decodes_only_the_rows_it_scores(
     )
     assert len(data.manifest) == len(manifest) and found["shift"] == metrics["shift"]
     assert len([p for p in whole.iterdir() if p.is_dir()]) == 1
+    # the same share unlike the training images as training measured; with flips added to the
+    # views (--tta), the features still come from the views the summary was scaled with
+    shares = metrics["typicality"]
+    assert isinstance(shares, dict)
+    assert found["typicality"]["unlike_training"]["test"] == shares["unlike_training"]["test"]
+    _, data, scores = evaluate_artifact(
+        artifact, manifest, split="test", cache_dir=whole, resamples=50, tta=TTA((-1,), 1)
+    )
+    assert scores.embedding is not None
+    np.testing.assert_allclose(scores.embedding, artifact.embeddings(data.images(scores.indices)))
     with pytest.raises(ConfigError, match="no rows in split 'holdout'"):
         evaluate_artifact(artifact, manifest, split="holdout", cache_dir=whole)
 

@@ -28,7 +28,11 @@ def artifact_scores(
     idx = np.sort(data.indices(split))
     if len(idx) == 0:
         raise ConfigError(f"the data has no rows in split {split!r}")
-    logits, embedding = artifact.outputs(data.images(idx), device=device, tta=tta)
+    images = data.images(idx)
+    logits, embedding = artifact.outputs(images, device=device, tta=tta)
+    if embedding is not None and tta is not None and tta != artifact.tta:
+        # the features over the views the summary was scaled with, as predictions see them
+        embedding = artifact.embeddings(images, device=device)
     groups = [data.manifest.rows[i]["patient_id"] for i in idx]
     return SplitScores(split, idx, data.targets[idx], logits, groups, embedding)
 
