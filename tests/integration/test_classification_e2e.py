@@ -112,6 +112,7 @@ def test_training_learned_and_wrote_everything(trained: tuple[Path, dict[str, ob
         isinstance(typicality, dict) and typicality["threshold"] == meta["typicality"]["threshold"]
     )
     assert 0 <= typicality["unlike_training"]["test"] <= 0.2 and "unlike the training" in html
+    assert typicality["features"] is True and "or in the model's features" in html
 
 
 def test_evaluate_reuses_the_frozen_operating_point(

@@ -123,6 +123,7 @@ def evaluate_artifact(
         shares = {split: data.unlike_training(artifact.typicality, split, test.embedding)}
         metrics["typicality"] = {
             "threshold": artifact.typicality.threshold,
+            "features": artifact.typicality.embedding is not None,
             "unlike_training": shares,
         }
     return metrics, data, test

@@ -179,10 +179,11 @@ def _typicality(metrics: dict[str, Any]) -> str:
         for split, share in found["unlike_training"].items()
         if share is not None
     )
+    where = "in their pixels or in the model's features" if found.get("features") else "in pixels"
     return (
-        f"<p class='note'>Images unlike the training images (distance from them above the 99th "
-        f"percentile of validation's, {found['threshold']:.2f}; predictions flag such inputs "
-        f"as <code>unlike_training</code>): {shares}.</p>"
+        f"<p class='note'>Images unlike the training images ({where}, further from the training "
+        "images than all but 1 % of validation's; predictions flag such inputs as "
+        f"<code>unlike_training</code>): {shares}.</p>"
     )
 
 

@@ -317,7 +317,12 @@ def _typicality(
         "val": data.unlike_training(typicality, "val", on_val),
         "test": data.unlike_training(typicality, "test", test.embedding),
     }
-    return typicality, {"threshold": typicality.threshold, "unlike_training": shares}
+    found = {
+        "threshold": typicality.threshold,
+        "features": typicality.embedding is not None,
+        "unlike_training": shares,
+    }
+    return typicality, found
 
 
 def model_name(run_dir: Path) -> str | None:
