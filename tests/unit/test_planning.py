@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -210,6 +211,34 @@ def test_volumes_on_one_grid_keep_their_size() -> None:
     assert augmentation_for(fingerprint(counts, ([20, 28, 28], [40, 64, 64])))["scale"] > 0
     assert augmentation_for(fingerprint(counts, ([28] * 3, [28] * 3), 1.6))["scale"] > 0
     assert augmentation_for(fingerprint(counts, ([28, 28], [28, 28])))["scale"] > 0
+
+
+def test_grey_radiographs_are_equalised_other_images_keep_their_values() -> None:
+    from medlens.planning.planner import preprocessing_for
+
+    def steps(modality: str = "DX", channels: list[int] | None = None, dims: int = 2) -> list[str]:
+        fp = fingerprint({"a": 5, "b": 5}, ([28] * dims, [28] * dims))
+        fp = replace(fp, modality=modality, channels=channels or [1])
+        return [step["name"] for step in preprocessing_for(fp, [28] * dims)]
+
+    assert steps() == steps("CR") == steps("MG") == ["resize", "clahe", "percentile_clip", "zscore"]
+    unchanged = ["percentile_clip", "zscore", "resize"]
+    assert steps("OT") == steps("CT") == steps("MR") == steps(dims=3) == unchanged
+    assert steps(channels=[3]) == unchanged
+    assert steps(channels=[1, 3]) == ["channels", *unchanged]
+
+
+def test_medmnist_files_say_their_modality(tmp_path: Path) -> None:
+    from medlens.io import read_image
+
+    images = np.zeros((2, 8, 8), np.uint8)
+    for name, modality in (
+        ("pneumoniamnist_64.npz", "DX"),
+        ("organamnist.npz", "CT"),
+        ("mine.npz", "OT"),
+    ):
+        np.savez(tmp_path / name, train_images=images, train_labels=np.zeros((2, 1)))
+        assert read_image(f"{tmp_path / name}#train/1").meta.modality == modality
 
 
 def test_label_problems_are_reported(tmp_path: Path) -> None:

@@ -180,9 +180,7 @@ def test_clahe_tile_relative_to_the_image_and_contrast_invariance() -> None:
     rng = np.random.default_rng(0)
     base = ndimage_smooth(rng.random((1, 28, 28)).astype(np.float32))
     img = MedicalImage(base)
-    assert np.array_equal(
-        CLAHE(kernel_fraction=0.5)(img).array, CLAHE(kernel_size=14)(img).array
-    )
+    assert np.array_equal(CLAHE(kernel_fraction=0.5)(img).array, CLAHE(kernel_size=14)(img).array)
     # a gamma change (another exposure or processing) moves the equalised image far less
     darker = MedicalImage(MinMax()(img).array ** 2.0)
     plain = np.abs(MinMax()(darker).array - MinMax()(img).array).mean()
@@ -191,9 +189,7 @@ def test_clahe_tile_relative_to_the_image_and_contrast_invariance() -> None:
     def equalise(image: MedicalImage) -> np.ndarray:
         return clahe(image).array
 
-    equalised = np.abs(
-        equalise(darker) - equalise(img)
-    ).mean()
+    equalised = np.abs(equalise(darker) - equalise(img)).mean()
     assert equalised < plain / 3
     with pytest.raises(ConfigError, match="kernel_fraction"):
         CLAHE(kernel_fraction=1.5)

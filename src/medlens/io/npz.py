@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import zipfile
 from dataclasses import dataclass
+import re
 from pathlib import Path
 from typing import Any
 
@@ -91,10 +92,40 @@ def read_npz(path: str | Path, selector: str | None = None) -> MedicalImage:
     return medmnist_image(item, source=f"{path}#{selector}")
 
 
+#: The DICOM modality of each MedMNIST collection's source images (MedMNIST v2, Yang et al.
+#: 2023), by file name: the files carry no metadata, and the plan treats projection radiographs
+#: (DX) differently from calibrated values (CT). Microscopy is SM, fundus OP, dermoscopy XC.
+MEDMNIST_MODALITIES = {
+    "chestmnist": "DX",
+    "pneumoniamnist": "DX",
+    "breastmnist": "US",
+    "octmnist": "OPT",
+    "retinamnist": "OP",
+    "dermamnist": "XC",
+    "pathmnist": "SM",
+    "bloodmnist": "SM",
+    "tissuemnist": "SM",
+    "organamnist": "CT",
+    "organcmnist": "CT",
+    "organsmnist": "CT",
+    "organmnist3d": "CT",
+    "nodulemnist3d": "CT",
+    "fracturemnist3d": "CT",
+    "adrenalmnist3d": "CT",
+    "vesselmnist3d": "MR",
+}
+
+
+def medmnist_modality(source: str) -> str:
+    """``.../pneumoniamnist_64.npz#train/3`` -> ``DX``; ``OT`` for a file of another name."""
+    stem = Path(source.split("#")[0]).stem.lower()
+    return MEDMNIST_MODALITIES.get(re.sub(r"_(28|64|128|224)$", "", stem), "OT")
+
+
 def medmnist_image(item: NDArray[Any], source: str) -> MedicalImage:
     """One MedMNIST sample as a MedicalImage: (H, W), (H, W, 3) or (D, H, W)."""
     array = np.moveaxis(item, -1, 0) if item.ndim == 3 and item.shape[-1] == 3 else item[None]
-    return MedicalImage(array, meta=ImageMeta(modality="OT", source=source))
+    return MedicalImage(array, meta=ImageMeta(modality=medmnist_modality(source), source=source))
 
 
 @dataclass(frozen=True)

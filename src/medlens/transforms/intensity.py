@@ -172,7 +172,9 @@ class CLAHE(Transform):
 
     def __post_init__(self) -> None:
         if self.kernel_fraction is not None and not 0 < self.kernel_fraction <= 1:
-            raise ConfigError(f"clahe kernel_fraction must be in (0, 1], got {self.kernel_fraction}")
+            raise ConfigError(
+                f"clahe kernel_fraction must be in (0, 1], got {self.kernel_fraction}"
+            )
 
     def __call__(self, image: MedicalImage) -> MedicalImage:
         from skimage.exposure import equalize_adapthist
