@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import zipfile
 from dataclasses import dataclass
-import re
 from pathlib import Path
 from typing import Any
 
