@@ -22,7 +22,9 @@ quality benchmark reports. Each protocol runs ``train_run`` with the default pla
 - ``clahe``: ``single`` with adaptive histogram equalisation first (tiles of half the image,
   clip limit 0.02) for 2D grey images: a change of exposure or processing, a monotone change
   of the grey values, then barely moves the image the network sees. Decided on the ``pcK``
-  hold-outs (``carve_site``), where training and held-out images differ as sites do.
+  hold-outs (``carve_site``), where training and held-out images differ as sites do; the plan
+  now does it for grey projection radiographs, so ``single`` runs on PneumoniaMNIST from
+  commit 5688107 on are equalised too.
 - ``smooth``: ``single`` with a Gaussian blur (sigma 0.75 voxel) before normalisation. The
   volumes are binary masks; the augmentation's rotations and sub-voxel moves interpolate them
   into soft edges (trilinear weights add ~0.4 voxel of blur on average) that validation and
@@ -32,7 +34,7 @@ Each run records the commit it ran (a run is repeated when the code changed) and
 validation and held-out logits, so operating-point rules can be compared without retraining.
 
     python benchmarks/bench_protocol.py [--datasets adrenalmnist3d] [--protocols single cv5]
-        [--seeds 0 1 2] [--budget 600]
+        [--seeds 0 1 2] [--budget 600] [--holdout random pc0+ pc0-]
 """
 
 from __future__ import annotations
