@@ -24,7 +24,7 @@ quality benchmark reports. Each protocol runs ``train_run`` with the default pla
   of the grey values, then barely moves the image the network sees. Decided on the ``pcK``
   hold-outs (``carve_site``), where training and held-out images differ as sites do; the plan
   now does it for grey projection radiographs, so ``single`` runs on PneumoniaMNIST from
-  commit 5688107 on are equalised too.
+  commit 5688107 on are equalised too, and ``noequalise`` is the plan before it.
 - ``smooth``: ``single`` with a Gaussian blur (sigma 0.75 voxel) before normalisation. The
   volumes are binary masks; the augmentation's rotations and sub-voxel moves interpolate them
   into soft edges (trilinear weights add ~0.4 voxel of blur on average) that validation and
@@ -73,6 +73,16 @@ PROTOCOLS: dict[str, tuple[int, dict[str, Any]]] = {
                 {"name": "percentile_clip", "lower": 0.5, "upper": 99.5},
                 {"name": "zscore", "nonzero": False},
                 {"name": "resize", "shape": [28, 28, 28], "order": 1},
+            ]
+        },
+    ),
+    "noequalise": (
+        0,
+        {
+            "preprocessing": [
+                {"name": "percentile_clip", "lower": 0.5, "upper": 99.5},
+                {"name": "zscore", "nonzero": False},
+                {"name": "resize", "shape": [28, 28], "order": 1},
             ]
         },
     ),
