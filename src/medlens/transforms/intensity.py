@@ -183,7 +183,8 @@ class CLAHE(Transform):
             kernel: int | list[int] | None = self.kernel_size
             if self.kernel_fraction is not None:
                 kernel = [max(2, round(self.kernel_fraction * n)) for n in ch.shape]
-            return equalize_adapthist(ch, kernel_size=kernel, clip_limit=self.clip_limit)
+            out = equalize_adapthist(ch, kernel_size=kernel, clip_limit=self.clip_limit)
+            return np.asarray(out)
 
         return _per_channel(MinMax()(image), equalise)
 
