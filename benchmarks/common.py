@@ -74,6 +74,7 @@ def commit() -> str:
             ["git", *args], capture_output=True, text=True, check=False, cwd=Path(__file__).parent
         ).stdout.strip()
 
+    src = str(Path(__file__).resolve().parents[1] / "src")  # git resolves paths from its cwd
     return git("rev-parse", "--short", "HEAD") + (
-        "+" if git("status", "--porcelain", "src") else ""
+        "+" if git("status", "--porcelain", "--", src) else ""
     )

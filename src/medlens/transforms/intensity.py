@@ -153,7 +153,8 @@ class MinMax(Transform):
     def _scale(self, channel: NDArray[np.float32]) -> NDArray[np.float32]:
         vmin, vmax = float(channel.min()), float(channel.max())
         scale = (self.high - self.low) / (vmax - vmin) if vmax > vmin else 0.0
-        return (channel - vmin) * scale + self.low
+        # float32 rounding can land the maximum at 1.0000001, which CLAHE refuses
+        return np.clip((channel - vmin) * scale + self.low, self.low, self.high)
 
 
 @register("clahe")
