@@ -154,7 +154,8 @@ class MinMax(Transform):
         vmin, vmax = float(channel.min()), float(channel.max())
         scale = (self.high - self.low) / (vmax - vmin) if vmax > vmin else 0.0
         # float32 rounding can land the maximum at 1.0000001, which CLAHE refuses
-        return np.clip((channel - vmin) * scale + self.low, self.low, self.high)
+        scaled: NDArray[np.float32] = (channel - vmin) * scale + self.low
+        return np.clip(scaled, self.low, self.high, out=scaled)
 
 
 @register("clahe")
