@@ -5,10 +5,14 @@ official test split is not among them) and compares ways to pick Youden's cut on
 validation split:
 
 - ``single``: the cut that maximises J on the split;
-- ``bootstrap``: the mean of the best cuts of 200 stratified bootstrap resamples (the default);
+- ``bootstrap``: the mean of the best cuts of 200 stratified bootstrap resamples (the default
+  until the site hold-outs of 2026-11-23);
 - ``binormal``: each class's log-odds fitted by a normal (mean, SD) and the cut maximising J
   under that model (Fluss, Faraggi & Reiser 2005, "normal method");
 - ``robust_binormal``: the same with median and IQR / 1.349;
+- ``logistic``: a logistic fit of the label on the log-odds, cut where it equals the prevalence;
+- ``kernel``: each class's log-odds by a Gaussian kernel (Fluss et al. 2005, "kernel method"; the
+  default since);
 - ``max_accuracy``: the validation-accuracy-maximising cut (reported beside, not a Youden rule).
 
 Two readings per run: the cut from the run's own validation split scored on its 297 held-out
@@ -16,7 +20,9 @@ volumes (``actual``), and ``resampled``: validation-sized stratified draws from 
 validation + held-out scores, each cut scored on the rest (the spread a new split would see).
 A simulation adds what four runs cannot show: heavy-tailed scores (Student t, 2 degrees of
 freedom; 140 negatives, 60 positives shifted by 2), where a fitted normal's SD is dominated by
-the tails; each rule's cut is scored on 200,000 fresh draws.
+the tails; each rule's cut is scored on 200,000 fresh draws. Means are kept apart for random
+hold-outs and for second-site hold-outs (``bench_protocol.py --holdout pcK+/-``), where the
+held-out images are another population than validation and the cut must travel.
 
     PYTHONPATH=src:. python benchmarks/bench_operating_point.py [--draws 200]
 """
@@ -24,9 +30,12 @@ the tails; each rule's cut is scored on 200,000 fresh draws.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
+import subprocess
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,9 +44,16 @@ from scipy.optimize import minimize
 from scipy.stats import norm
 
 from benchmarks.common import RESULTS, write_result
-from medlens.evaluation.calibration import bootstrap_youden, max_accuracy_threshold, youden_cut
+from medlens.evaluation.calibration import (
+    bootstrap_youden,
+    kernel_youden,
+    max_accuracy_threshold,
+    youden_cut,
+)
 
 NAME = "operating_point"
+ROOT = Path(__file__).resolve().parents[1]
+PLANNER = "src/medlens/planning/planner.py"
 Rule = Callable[[NDArray[Any], NDArray[np.float64]], float]
 
 
@@ -80,6 +96,7 @@ RULES: dict[str, Rule] = {
     "binormal": lambda y, p: _binormal(y, p, robust=False),
     "robust_binormal": lambda y, p: _binormal(y, p, robust=True),
     "logistic": _logistic,
+    "kernel": kernel_youden,
     "max_accuracy": max_accuracy_threshold,
 }
 
@@ -98,10 +115,59 @@ def _score(y: NDArray[Any], p: NDArray[np.float64], cut: float) -> tuple[float, 
     return float(j), float((positive == (y == 1)).mean())
 
 
+def _group(run: dict[str, Any]) -> str:
+    """``random`` hold-outs are one population with validation; a site hold-out (``pcK+/-``)
+    is another, read apart for plans with and without the equalisation of radiographs."""
+    if run.get("holdout", "random") == "random":
+        return "random"
+    equalised = run["protocol"] == "clahe" or (
+        run["protocol"] == "single" and _plan_equalises(run.get("commit") or "")
+    )
+    return "site, equalised" if equalised else "site, not equalised"
+
+
+@functools.cache
+def _plan_equalises(commit: str) -> bool:
+    """Whether the default plan at ``commit`` equalised radiographs (the run records its
+    commit, not its preprocessing)."""
+    found = subprocess.run(
+        ["git", "grep", "-q", "def equalise_for", commit.rstrip("+"), "--", PLANNER],
+        cwd=ROOT,
+        check=False,
+    )
+    return found.returncode == 0
+
+
+def _mean(per_run: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        name: {
+            reading: {
+                key: round(statistics.mean(r["rules"][name][reading][key] for r in per_run), 4)
+                for key in ("j", "accuracy")
+            }
+            for reading in ("actual", "resampled")
+        }
+        | {
+            "actual_j_at_least_bootstrap": sum(
+                r["rules"][name]["actual"]["j"] >= r["rules"]["bootstrap"]["actual"]["j"]
+                for r in per_run
+            )
+        }
+        for name in RULES
+    }
+
+
 def compare(run: dict[str, Any], draws: int, seed: int) -> dict[str, Any]:
     yv, pv = _probabilities(run["scores"]["val"], run["temperature"])
     yh, ph = _probabilities(run["scores"]["held_out"], run["temperature"])
-    out: dict[str, Any] = {"protocol": run["protocol"], "seed": run["seed"], "rules": {}}
+    out: dict[str, Any] = {
+        "protocol": run["protocol"],
+        "holdout": run.get("holdout", "random"),
+        "group": _group(run),
+        "seed": run["seed"],
+        "commit": run.get("commit"),
+        "rules": {},
+    }
     y, p = np.concatenate([yv, yh]), np.concatenate([pv, ph])
     groups = [np.flatnonzero(y == k) for k in (0, 1)]
     sizes = [int((yv == k).sum()) for k in (0, 1)]
@@ -160,16 +226,8 @@ def main(argv: list[str] | None = None) -> None:
     for dataset, entry in runs.items():
         saved = [r for r in entry["runs"] if "scores" in r and not r["training"]["folds"]]
         per_run = [compare(r, args.draws, seed=i) for i, r in enumerate(saved)]
-        mean = {
-            name: {
-                reading: {
-                    key: round(statistics.mean(r["rules"][name][reading][key] for r in per_run), 4)
-                    for key in ("j", "accuracy")
-                }
-                for reading in ("actual", "resampled")
-            }
-            for name in RULES
-        }
+        groups = sorted({r["group"] for r in per_run})
+        mean = {g: _mean([r for r in per_run if r["group"] == g]) for g in groups}
         results[dataset] = {"runs": per_run, "mean": mean}
     write_result(
         NAME,

@@ -11,6 +11,7 @@ from medlens.evaluation import SplitScores, bootstrap_ci, choose_threshold, eval
 from medlens.evaluation.calibration import (
     bootstrap_youden,
     fit_temperature,
+    kernel_youden,
     max_accuracy_threshold,
     youden_cut,
 )
@@ -75,7 +76,7 @@ def test_youden_threshold_and_target_sensitivity() -> None:
     j = np.mean(SCORE[Y == 1] >= cut) - np.mean(SCORE[Y == 0] >= cut)
     assert j == pytest.approx(np.max(tpr - fpr))  # the single cut reaches sklearn's best J
     assert cut not in set(SCORE.tolist())  # halfway between two scores
-    # the default is the bootstrap mean: near the single cut, reproducible, almost as good
+    # the default is the kernel-smoothed cut: near the single cut, reproducible, almost as good
     t = choose_threshold(Y, SCORE)
     assert t == choose_threshold(Y, SCORE) and abs(t - cut) < 0.1
     assert np.mean(SCORE[Y == 1] >= t) - np.mean(SCORE[Y == 0] >= t) > np.max(tpr - fpr) - 0.05
@@ -93,6 +94,28 @@ def test_bootstrap_youden_is_steadier_than_one_cut() -> None:
         single.append(youden_cut(y, score))
         boot.append(bootstrap_youden(y, score, resamples=100))
     assert np.std(boot) < np.std(single)
+
+
+def test_kernel_youden_is_steady_and_finds_the_binormal_optimum() -> None:
+    """Equal-variance normal log-odds: the true Youden cut is halfway between the class means."""
+    rng = np.random.default_rng(7)
+    single, kernel = [], []
+    for _ in range(30):
+        y = rng.integers(0, 2, 80)
+        score = 1 / (1 + np.exp(-(rng.normal(size=80) + 1.5 * (2 * y - 1))))
+        single.append(youden_cut(y, score))
+        kernel.append(kernel_youden(y, score))
+    assert np.std(kernel) < np.std(single)
+    y = np.repeat([0, 1], [135, 389])  # PneumoniaMNIST's validation balance, well separated
+    z = np.concatenate([rng.normal(-3, 1, 135), rng.normal(3, 1, 389)])
+    cut = kernel_youden(y, 1 / (1 + np.exp(-z)))
+    assert abs(np.log(cut / (1 - cut))) < 0.5
+    assert choose_threshold(y, 1 / (1 + np.exp(-z))) == cut
+
+
+def test_kernel_youden_handles_a_class_of_one_or_of_equal_scores() -> None:
+    cut = kernel_youden(np.array([0, 1, 1, 1]), np.array([0.1, 0.8, 0.8, 0.8]))
+    assert 0.1 < cut <= 0.8
 
 
 def test_max_accuracy_threshold_is_the_best_cut_with_a_margin() -> None:

@@ -189,7 +189,7 @@ def evaluate_scores(
                 "max_validation_accuracy": _point_on_test(
                     max_accuracy_threshold(val.targets, val_p), probs, y
                 ),
-                # the single best Youden cut the bootstrap mean replaces
+                # the single best Youden cut, which the kernel-smoothed cut replaces
                 "youden_single_cut": _point_on_test(youden_cut(val.targets, val_p), probs, y),
             }
     return result
