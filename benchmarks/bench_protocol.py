@@ -56,7 +56,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.bench_classification import FILES
-from benchmarks.common import RESULTS, SHARED, commit, write_result
+from benchmarks.common import RESULTS, SHARED, commit, scores_record, write_result
 from medlens.data import load_manifest
 from medlens.data.manifest import Manifest
 from medlens.training.run import train_run
@@ -198,14 +198,10 @@ def run_one(
         "temperature": m["temperature"],
         "threshold": m["threshold"],
         "scores": {
-            "val": _scores(result.val.targets, result.val.logits),
-            "held_out": _scores(result.test.targets, result.test.logits),
+            "val": scores_record(result.val.targets, result.val.logits),
+            "held_out": scores_record(result.test.targets, result.test.logits),
         },
     }
-
-
-def _scores(targets: np.ndarray, logits: np.ndarray) -> dict[str, list[Any]]:
-    return {"targets": targets.tolist(), "logits": np.round(logits, 5).tolist()}
 
 
 def _group(run: dict[str, Any]) -> str:

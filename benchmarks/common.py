@@ -50,6 +50,12 @@ def machine() -> dict[str, Any]:
     }
 
 
+def scores_record(targets: Any, logits: Any) -> dict[str, list[Any]]:
+    """Targets and logits (5 decimals) as JSON lists: an operating-point rule can then be
+    re-scored on a run without retraining it."""
+    return {"targets": targets.tolist(), "logits": logits.round(5).tolist()}
+
+
 def write_result(name: str, payload: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
