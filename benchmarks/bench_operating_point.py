@@ -13,6 +13,9 @@ validation split:
 - ``logistic``: a logistic fit of the label on the log-odds, cut where it equals the prevalence;
 - ``kernel``: each class's log-odds by a Gaussian kernel (Fluss et al. 2005, "kernel method"; the
   default since);
+- ``plateau``: the centre, in log-odds, of the cuts whose J is within one binomial standard error
+  of the best (the "one-SE" idea): a saturated split leaves a wide band of equally good cuts, and
+  its centre keeps the largest margin on both sides for a site whose scores move;
 - ``max_accuracy``: the validation-accuracy-maximising cut (reported beside, not a Youden rule).
 
 Two readings per run: the cut from the run's own validation split scored on its 297 held-out
@@ -45,6 +48,7 @@ from scipy.stats import norm
 
 from benchmarks.common import RESULTS, write_result
 from medlens.evaluation.calibration import (
+    _cuts,
     bootstrap_youden,
     kernel_youden,
     max_accuracy_threshold,
@@ -90,6 +94,19 @@ def _logistic(y: NDArray[Any], p: NDArray[np.float64]) -> float:
     return float(1 / (1 + np.exp(-(prior - b) / a)))
 
 
+def _plateau(y: NDArray[Any], p: NDArray[np.float64]) -> float:
+    """The log-odds midpoint of every cut within one standard error of the best Youden J."""
+    y = np.asarray(y)
+    cuts, tp, fp, n_pos, n_neg = _cuts(y, np.clip(p, 1e-12, 1 - 1e-12))
+    tpr, fpr = tp / n_pos, fp / n_neg
+    j = tpr - fpr
+    best = int(np.argmax(j))
+    se = np.sqrt(tpr[best] * (1 - tpr[best]) / n_pos + fpr[best] * (1 - fpr[best]) / n_neg)
+    near = np.clip(cuts[j >= j[best] - se - 1e-12], 1e-12, 1 - 1e-12)
+    z = np.log(near / (1 - near))
+    return float(1 / (1 + np.exp(-(z.min() + z.max()) / 2)))
+
+
 RULES: dict[str, Rule] = {
     "single": youden_cut,
     "bootstrap": bootstrap_youden,
@@ -97,6 +114,7 @@ RULES: dict[str, Rule] = {
     "robust_binormal": lambda y, p: _binormal(y, p, robust=True),
     "logistic": _logistic,
     "kernel": kernel_youden,
+    "plateau": _plateau,
     "max_accuracy": max_accuracy_threshold,
 }
 
@@ -117,9 +135,12 @@ def _score(y: NDArray[Any], p: NDArray[np.float64], cut: float) -> tuple[float, 
 
 def _group(run: dict[str, Any]) -> str:
     """``random`` hold-outs are one population with validation; a site hold-out (``pcK+/-``)
-    is another, read apart for plans with and without the equalisation of radiographs."""
+    is another, read apart for plans with and without the equalisation of radiographs, and for
+    each candidate protocol tried there (``texture``)."""
     if run.get("holdout", "random") == "random":
         return "random"
+    if run["protocol"] not in ("single", "clahe", "noequalise"):
+        return f"site, {run['protocol']}"
     equalised = run["protocol"] == "clahe" or (
         run["protocol"] == "single" and _plan_equalises(run.get("commit") or "")
     )
@@ -148,10 +169,10 @@ def _mean(per_run: list[dict[str, Any]]) -> dict[str, Any]:
             for reading in ("actual", "resampled")
         }
         | {
-            "actual_j_at_least_bootstrap": sum(
-                r["rules"][name]["actual"]["j"] >= r["rules"]["bootstrap"]["actual"]["j"]
-                for r in per_run
+            f"actual_j_at_least_{base}": sum(
+                r["rules"][name]["actual"]["j"] >= r["rules"][base]["actual"]["j"] for r in per_run
             )
+            for base in ("bootstrap", "kernel")
         }
         for name in RULES
     }
