@@ -27,6 +27,11 @@ the tails; each rule's cut is scored on 200,000 fresh draws. Means are kept apar
 hold-outs and for second-site hold-outs (``bench_protocol.py --holdout pcK+/-``), where the
 held-out images are another population than validation and the cut must travel.
 
+Last, and after any decision, each rule is applied to the official runs of
+``bench_classification.py`` that saved their logits (cut on the run's validation split, scored
+on its test split): reported, so a rule's effect on the published figures is in the record, never
+used to choose one.
+
     PYTHONPATH=src:. python benchmarks/bench_operating_point.py [--draws 200]
 """
 
@@ -218,6 +223,29 @@ def compare(run: dict[str, Any], draws: int, seed: int) -> dict[str, Any]:
     return out
 
 
+def official(path: Path) -> dict[str, Any]:
+    """Each rule's test J and accuracy on the official runs that saved their logits."""
+    if not path.exists():
+        return {}
+    found: dict[str, Any] = {}
+    for dataset, entry in json.loads(path.read_text())["datasets"].items():
+        rows = []
+        for run in (r for r in entry["runs"] if "scores" in r):
+            yv, pv = _probabilities(run["scores"]["val"], run["temperature"])
+            yt, pt = _probabilities(run["scores"]["test"], run["temperature"])
+            scored = {name: _score(yt, pt, rule(yv, pv)) for name, rule in RULES.items()}
+            rows.append(
+                {"seed": run["seed"], "commit": run.get("commit")}
+                | {
+                    name: {"j": round(j, 4), "accuracy": round(a, 4)}
+                    for name, (j, a) in scored.items()
+                }
+            )
+        if rows:
+            found[dataset] = rows
+    return found
+
+
 def heavy_tails(repeats: int, seed: int = 1) -> dict[str, float]:
     """Mean true J of each Youden rule's cut on heavy-tailed scores (see the module doc)."""
     rng = np.random.default_rng(seed)
@@ -258,6 +286,7 @@ def main(argv: list[str] | None = None) -> None:
             "stratified draws from the pooled scores, each cut scored on the rest",
             "datasets": results,
             "simulation_heavy_tails_true_j": heavy_tails(100),
+            "official_test_reported_only": official(RESULTS / "classification_quality.json"),
         },
     )
 
