@@ -5,7 +5,9 @@ Reads the runs ``bench_protocol.py`` saved (no training, no test split) and pair
 commit whose plan equalised radiographs, or ``clahe`` (the same preprocessing before the plan
 had it). Both are re-scored with today's default operating point (``choose_threshold`` on the
 run's own validation probabilities, frozen for the held-out images), so a change of the cut
-rule since a run does not favour either side.
+rule since a run does not favour either side. The baseline is the latest run trained in the
+candidate's precision: a machine with native bfloat16 plans another network and trains more
+ensemble members than a float32 one, so a pair across machines is flagged, never silently mixed.
 
     PYTHONPATH=src:. python benchmarks/bench_site_pairs.py --candidate texture
 """
@@ -32,7 +34,15 @@ def rescore(run: dict[str, Any]) -> dict[str, float]:
     yv, pv = _probabilities(run["scores"]["val"], run["temperature"])
     yh, ph = _probabilities(run["scores"]["held_out"], run["temperature"])
     _, accuracy = _score(yh, ph, choose_threshold(yv, pv))
-    return {"auc": round(run["held_out"]["auc"], 4), "accuracy": round(accuracy, 4)}
+    return {
+        "auc": round(run["held_out"]["auc"], 4),
+        "accuracy": round(accuracy, 4),
+        "precision": run["training"].get("precision", "float32"),
+    }
+
+
+def _precision(run: dict[str, Any]) -> str:
+    return str(run["training"].get("precision", "float32"))
 
 
 def pairs(runs: list[dict[str, Any]], candidate: str) -> list[dict[str, Any]]:
@@ -42,6 +52,8 @@ def pairs(runs: list[dict[str, Any]], candidate: str) -> list[dict[str, Any]]:
     for run in (r for r in sites if r["protocol"] == candidate):
         key = (run["holdout"], run["seed"])
         bases = [r for r in sites if (r["holdout"], r["seed"]) == key and _is_baseline(r)]
+        alike = [r for r in bases if _precision(r) == _precision(run)]
+        bases = alike or bases
         if bases:
             found.append(
                 {
@@ -66,6 +78,11 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"{p['holdout']:5} seed {p['seed']}: baseline {b['auc']:.4f} / {b['accuracy']:.3f}"
             f"  {args.candidate} {c['auc']:.4f} / {c['accuracy']:.3f}"
+            + (
+                ""
+                if b["precision"] == c["precision"]
+                else f"  (not comparable: {b['precision']} vs {c['precision']} training)"
+            )
         )
     if found:
         for side in ("baseline", args.candidate):
